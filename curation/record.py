@@ -1,0 +1,114 @@
+"""The clip record: what travels between stages (time spans, boxes, small arrays; never decoded video)."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+CANDIDATE = "candidate"
+KEPT = "kept"
+REJECTED = "rejected"
+
+# Reasons that mean "this clip cannot be processed", as opposed to "a threshold says no".
+# A --score-only run still stops on these (there is nothing left to score), but never on a threshold.
+HARD_REASON_PREFIXES = ("unreadable", "no_video", "no_audio", "error:", "timeout:")
+
+
+def is_hard_reason(reason: str) -> bool:
+    return reason.startswith(HARD_REASON_PREFIXES)
+
+
+def source_id_for(path: str) -> str:
+    return hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def key_for(path: str, clip_index: int | None = None) -> str:
+    """A WebDataset-safe key: no dots (webdataset splits extensions on the first dot), ASCII only."""
+    stem = path.rstrip("/").rsplit("/", 1)[-1]
+    stem = stem.rsplit(".", 1)[0] if "." in stem else stem
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")[:48] or "src"
+    key = f"{stem}_{source_id_for(path)}"
+    if clip_index is not None:
+        key += f"_{clip_index:04d}"
+    return key
+
+
+@dataclass
+class ClipRecord:
+    """One candidate clip (or, before scene splitting, one source file).
+
+    Times are seconds in the source's own timeline. `data` holds the small arrays stages hand to
+    later stages (face track, person box, sync shift); `blobs` holds the encoded files the writer
+    puts into the shard sample (mp4, wav, pose.npz)."""
+
+    key: str
+    source: str
+    source_id: str
+    audio_path: str | None = None
+    clip_index: int = -1  # -1: still a source-level record
+    n_siblings: int = 1  # candidate clips cut from the same source (for source completion)
+    start_s: float | None = None
+    end_s: float | None = None
+    status: str = CANDIDATE
+    stage: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    would_reject: list[str] = field(default_factory=list)
+    probe: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    timings: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def for_source(cls, path: str, audio_path: str | None = None) -> "ClipRecord":
+        return cls(key=key_for(path), source=path, source_id=source_id_for(path), audio_path=audio_path)
+
+    @property
+    def duration_s(self) -> float:
+        if self.start_s is None or self.end_s is None:
+            return float(self.probe.get("duration_s") or 0.0)
+        return max(0.0, self.end_s - self.start_s)
+
+    @property
+    def alive(self) -> bool:
+        return self.status != REJECTED
+
+    def reject(self, stage: str, reason: str, message: str | None = None, score_only: bool = False) -> None:
+        """Reject this clip. In a score-only run a threshold reason is only noted, never applied."""
+        if score_only and not is_hard_reason(reason):
+            self.would_reject.append(f"{stage}:{reason}")
+            return
+        if self.status == REJECTED:
+            return
+        self.status = REJECTED
+        self.stage = stage
+        self.reason = reason
+        self.message = message
+
+    def child(self, clip_index: int, n_siblings: int, start_s: float, end_s: float) -> "ClipRecord":
+        """A candidate clip cut from this source record."""
+        return ClipRecord(
+            key=key_for(self.source, clip_index),
+            source=self.source,
+            source_id=self.source_id,
+            audio_path=self.audio_path,
+            clip_index=clip_index,
+            n_siblings=n_siblings,
+            start_s=start_s,
+            end_s=end_s,
+            probe=dict(self.probe),
+            # The first child carries the source-level stages' time so the funnel sums it once.
+            timings={k: list(v) for k, v in self.timings.items()} if clip_index == 0 else {},
+        )
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def from_bytes(b: bytes) -> "ClipRecord":
+        # Only ever records this pipeline serialised itself, passed between its own Ray workers.
+        return pickle.loads(b)
