@@ -24,8 +24,31 @@ class MediaError(RuntimeError):
         self.reason = reason
 
 
+CACHE_DIR = os.environ.get("CURATION_CACHE", os.path.join(tempfile.gettempdir(), "talkcurate-cache"))
+
+
 def local_path(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
+    """A path ffmpeg can open: file:// stripped; other URIs (s3://, gs://, ...) fetched once through
+    pyarrow.fs into a node-local cache (so every node of a cluster reads them the same way)."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    if "://" not in path or path.startswith(("http://", "https://")):
+        return path
+    import hashlib
+
+    from pyarrow import fs
+
+    ext = os.path.splitext(path)[1][:8]
+    dest = os.path.join(CACHE_DIR, hashlib.sha1(path.encode()).hexdigest() + ext)
+    if not os.path.exists(dest):
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        filesystem, p = fs.FileSystem.from_uri(path)
+        tmp = f"{dest}.{os.getpid()}.tmp"
+        with filesystem.open_input_stream(p) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+        os.replace(tmp, dest)
+    return dest
 
 
 def _frac(s: str | None) -> float:
@@ -81,7 +104,7 @@ def _rotation(stream: dict) -> int:
 
 
 def ffprobe(path: str, timeout: float = 60.0) -> dict:
-    cmd = [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "--", local_path(path)]
+    cmd = [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", local_path(path)]
     try:
         p = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:

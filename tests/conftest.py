@@ -72,3 +72,60 @@ def clip_record(path: Path | str, start_s: float = 0.0, end_s: float | None = No
 
 
 assert shutil.which("ffmpeg"), "ffmpeg must be installed (make test installs it)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# One real pipeline run (real ffmpeg, real local Ray, real models) shared by every test that checks its
+# output. The input mixes shared footage with bad files made here.
+
+PIPELINE_FOOTAGE = [
+    "A1_hdtf_bob_menendez_talking_8s.mp4",       # keep
+    "A4_retalk_woman_glasses_talking_5s.mp4",    # too_short
+    "B1_visualvoice_interview_two_people_18s.mp4",  # multi_person
+    "C1_documentary_6shots_anamorphic_25s.mp4",  # 6 shots
+    "D1_noface_cup_hand_quiet_audio_8s.mp4",     # no_face
+    "D5_lowq_carphone_176x144_pristine_4s.mp4",  # no_audio
+    "D9_silent_audio_track_face_5s.mp4",         # no_speech
+    "E1_liveportrait_d6_single_face_34s.mp4",    # keep
+]
+
+
+def make_bad_inputs(d: Path, footage: Path) -> dict[str, str]:
+    """Bad files in `d`; returns {file name: the probe reason it must get}."""
+    a1 = (footage / "A1_hdtf_bob_menendez_talking_8s.mp4").read_bytes()
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "random_bytes.mp4").write_bytes(os.urandom(200_000))
+    (d / "text_named.mp4").write_text("this is not a video\n" * 100)
+    (d / "truncated.mp4").write_bytes(a1[: len(a1) // 3])
+    ffmpeg("-i", str(footage / "F3_hdtf_rd_radio31_8s.wav"), "-c:a", "aac", str(d / "audio_only.mp4"))
+    shutil.copy(footage / "A4_retalk_woman_glasses_talking_5s.mp4", d / "A4 copy 'quoted' \"dq\" ü.mp4")
+    return {"empty.mp4": "unreadable", "random_bytes.mp4": "unreadable", "text_named.mp4": "unreadable",
+            "truncated.mp4": "unreadable", "audio_only.mp4": "no_video", "A4 copy 'quoted' \"dq\" ü.mp4": "too_short"}
+
+
+@pytest.fixture(scope="session")
+def pipeline_input(tmp_path_factory, footage) -> tuple[Path, dict[str, str]]:
+    d = tmp_path_factory.mktemp("input")
+    for name in PIPELINE_FOOTAGE:
+        os.symlink(footage / name, d / name)
+    bad = make_bad_inputs(d, footage)
+    return d, bad
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CURATION_WEIGHTS=str(WEIGHTS), RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([str(ROOT / ".venv" / "bin" / "curation") if (ROOT / ".venv").exists() else "curation", *args],
+                       capture_output=True, text=True, env=env, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"curation {' '.join(args)} exited {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def pipeline_output(tmp_path_factory, pipeline_input) -> Path:
+    """The output directory of one `curation run` over pipeline_input with the default manifest."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    p = run_cli("run", "--input", str(pipeline_input[0]), "--output", str(out), "--num-cpus", "2")
+    (out / "run.log").write_text(p.stdout + "\n" + p.stderr)
+    return out

@@ -1,0 +1,168 @@
+"""The `curation` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _fail(msg: str) -> int:
+    print(f"curation: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from curation.config import ManifestError
+    from curation.ingest import InputError
+    from curation.pipeline import RunError, run
+    from curation.report import print_funnel
+    from curation.weights import WeightsMissing
+
+    try:
+        res = run(a.input, a.output, a.manifest, address=a.address, limit=a.limit, score_only=a.score_only,
+                  weights=a.weights, num_cpus=a.num_cpus)
+    except (ManifestError, InputError, WeightsMissing, RunError) as e:
+        return _fail(str(e))
+    print_funnel(res.funnel)
+    if res.recovered:
+        print(f"recovered from an interrupted run: {json.dumps(res.recovered)}")
+    print(f"sources: {res.new_sources} processed, {res.skipped_sources} already done; "
+          f"{res.committed_clips} clips written in {res.wall_s:.1f} s")
+    print(f"shards:  {Path(res.output) / 'shards'}")
+    print(f"index:   {Path(res.output) / 'index.parquet'}")
+    print(f"audit:   {Path(res.output) / 'audit'}  (curation report {res.output})")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from curation.report import report
+
+    try:
+        return report(a.dir, html=not a.no_html)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from curation.inspect import inspect_shard
+
+    try:
+        return inspect_shard(a.shard, as_json=a.json)
+    except (FileNotFoundError, OSError) as e:
+        return _fail(str(e))
+
+
+def cmd_weights(a: argparse.Namespace) -> int:
+    from curation.weights import REGISTRY, fetch, sha256_file, weights_dir
+
+    d = weights_dir(a.weights)
+    if a.action == "list":
+        print(f"weights directory: {d}")
+        for w in REGISTRY.values():
+            p = d / w.path
+            state = "present" if p.is_file() else "missing"
+            if p.is_file() and a.verify and w.sha256:
+                state = "ok" if sha256_file(p) == w.sha256 else "SHA256 MISMATCH"
+            print(f"  {w.name:22s} {state:16s} {w.path:48s} {w.license}  [{w.used_by}]")
+        return 0
+    if not a.name:
+        return _fail("weights fetch needs a NAME (see `curation weights list`)")
+    if a.name not in REGISTRY:
+        return _fail(f"unknown weight file {a.name!r} (known: {', '.join(REGISTRY)})")
+    try:
+        p = fetch(a.name, d)
+    except RuntimeError as e:
+        return _fail(str(e))
+    print(f"{a.name}: {p}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="curation", description=(
+        "Curate raw footage of people talking into a training-ready audio-video dataset "
+        "(TalkVerse recipe) on Ray Data, audit every filter, and train a small DiT on the shards."))
+    ap.add_argument("-v", "--verbose", action="store_true", help="log more (stage decisions, Ray set-up)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the pipeline: footage in, shards + index + audit out",
+                       description="Run the manifest's stages over the input on Ray Data and write WebDataset "
+                                   "shards, index.parquet and the audit. Running again into the same output "
+                                   "resumes: finished sources are skipped, no clip is written twice.")
+    r.add_argument("--input", required=True, metavar="PATH",
+                   help="a directory (searched recursively for video files), a single video, or a list file "
+                        "(.txt one path per line; .csv/.jsonl/.parquet with a 'path' column and optional "
+                        "'audio_path' for external audio). Local paths, file:// or pyarrow.fs URIs (s3://...)")
+    r.add_argument("--output", required=True, metavar="DIR", help="output directory (created; reused to resume)")
+    r.add_argument("--manifest", metavar="FILE", default=None,
+                   help="manifest YAML file, or the name of one in manifests/ (default: default)")
+    r.add_argument("--address", metavar="RAY_ADDRESS", default=None,
+                   help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: $RAY_ADDRESS, "
+                        "else a local Ray on this machine")
+    r.add_argument("--limit", type=int, metavar="N", default=None,
+                   help="process at most N new sources in this run (the rest on a later run)")
+    r.add_argument("--score-only", action="store_true",
+                   help="score every clip with every stage without dropping any on a threshold: the audit "
+                        "records what each threshold would reject (would_reject); no shards are written")
+    r.add_argument("--weights", metavar="DIR", default=None,
+                   help="weights directory (default: $CURATION_WEIGHTS, else ~/.cache/talkcurate/weights)")
+    r.add_argument("--num-cpus", type=int, metavar="N", default=None,
+                   help="CPUs for a local Ray (default: all of this machine's); ignored with --address")
+    r.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="print the funnel and write DIR/report.html",
+                       description="Print the funnel table of an output directory (also of a run in progress "
+                                   "or interrupted) and write a self-contained DIR/report.html.")
+    p.add_argument("dir", metavar="DIR", help="an output directory of `curation run`")
+    p.add_argument("--no-html", action="store_true", help="only print the table")
+    p.set_defaults(func=cmd_report)
+
+    i = sub.add_parser("inspect", help="list the samples of a shard",
+                       description="List a shard's samples: key, files, duration, scores.")
+    i.add_argument("shard", metavar="SHARD.tar", help="a shard written by `curation run`")
+    i.add_argument("--json", action="store_true", help="print each sample's json instead of a table")
+    i.set_defaults(func=cmd_inspect)
+
+    w = sub.add_parser("weights", help="list or fetch the pretrained weight files",
+                       description="`list` shows which weight files are present in the weights directory; "
+                                   "`fetch NAME` downloads one from its official URL and checks its sha256.")
+    w.add_argument("action", choices=["list", "fetch"], help="list, or fetch NAME")
+    w.add_argument("name", nargs="?", help="the weight file to fetch (a name from `list`)")
+    w.add_argument("--weights", metavar="DIR", default=None, help="weights directory (as for run)")
+    w.add_argument("--verify", action="store_true", help="with list: check every present file's sha256")
+    w.set_defaults(func=cmd_weights)
+
+    _add_optional_commands(sub)
+    return ap
+
+
+def _add_optional_commands(sub) -> None:
+    """Commands that live in their own modules (model, export)."""
+    try:
+        from curation.model import cli as model_cli
+    except ImportError:
+        model_cli = None
+    if model_cli is not None:
+        for name in ("add_train_parser", "add_sample_parser", "add_bench_parser"):
+            if hasattr(model_cli, name):
+                getattr(model_cli, name)(sub)
+    try:
+        from curation import export
+    except ImportError:
+        export = None
+    if export is not None and hasattr(export, "add_parser"):
+        export.add_parser(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return int(a.func(a) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

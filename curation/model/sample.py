@@ -1,0 +1,75 @@
+"""Sampling: a reference image and an audio file -> an mp4 at 25 fps with that audio muxed in.
+
+The clip is generated in windows of the config's frame count (one batch of windows, all from the same
+reference, each with its own audio), joined and cut to the requested length."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import numpy as np
+import torch
+
+from ..media import FFMPEG
+from .configs import FPS, Config
+from .data import SAMPLES_PER_FRAME, load_audio, mel_window, read_frames
+from .dit import DiT
+from .flow import sample
+from .train import autocast
+
+
+def load_model(ckpt_path: str, device: str | torch.device) -> tuple[Config, DiT]:
+    """The EMA weights of a training checkpoint, in eval mode on `device`."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    cfg = Config.from_dict(ckpt["config"])
+    model = DiT(cfg)
+    model.load_state_dict(ckpt["ema"])
+    return cfg, model.to(device).eval()
+
+
+def generate(model: DiT, cfg: Config, ref: np.ndarray, audio: np.ndarray, frames: int, steps: int,
+             cfg_scale: float, seed: int = 0, device: str | torch.device = "cpu", batch: int = 8) -> np.ndarray:
+    """(frames, H, W, 3) uint8 for a reference (H, W, 3) uint8 and 16 kHz mono audio samples."""
+    device = torch.device(device)
+    windows = math.ceil(frames / cfg.frames)
+    mel = torch.stack([mel_window(audio, w * cfg.frames, cfg.frames, cfg.n_mels) for w in range(windows)])
+    ref_t = torch.from_numpy(ref).permute(2, 0, 1).float().div(127.5).sub(1.0).to(device)
+    gen = torch.Generator(device).manual_seed(seed)
+    clips = []
+    for i in range(0, windows, batch):
+        m = mel[i:i + batch].to(device)
+        with autocast(device):
+            clips.append(sample(model, ref_t.expand(len(m), -1, -1, -1), m, cfg.frames, steps, cfg_scale, gen))
+    video = torch.cat(clips).permute(0, 2, 3, 4, 1).flatten(0, 1)[:frames]  # (frames, H, W, 3)
+    return ((video + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def write_mp4(frames: np.ndarray, audio_path: str, out_path: str) -> None:
+    """H.264 yuv420p at 25 fps from (N, H, W, 3) uint8, with the audio file muxed in as AAC and cut to
+    the video's length."""
+    n, h, w, _ = frames.shape
+    cmd = [FFMPEG, "-nostdin", "-v", "error", "-y",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(FPS), "-i", "-",
+           "-i", audio_path, "-map", "0:v:0", "-map", "1:a:0",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-c:a", "aac", "-b:a", "128k",
+           "-t", f"{n / FPS:.6f}", "-movflags", "+faststart", out_path]
+    p = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False,
+                       timeout=600)
+    if p.returncode:
+        raise RuntimeError(f"ffmpeg could not write {out_path}: {p.stderr.decode(errors='replace')[-300:]}")
+
+
+def sample_to_file(ckpt_path: str, ref_path: str, audio_path: str, out_path: str, *, frames: int | None = None,
+                   steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
+                   device: str = "cpu") -> int:
+    """Write OUT_PATH; `frames` defaults to the audio's length, steps and cfg_scale to the config's.
+    Returns the frame count."""
+    cfg, model = load_model(ckpt_path, device)
+    audio = load_audio(audio_path)
+    frames = frames or max(1, round(len(audio) / SAMPLES_PER_FRAME))
+    ref = read_frames(ref_path, 0, 1, cfg.resolution)[0]
+    video = generate(model, cfg, ref, audio, frames, steps or cfg.sample_steps,
+                     cfg.cfg_scale if cfg_scale is None else cfg_scale, seed, device)
+    write_mp4(video, audio_path, out_path)
+    return frames
