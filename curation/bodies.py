@@ -5,6 +5,8 @@ belongs to which face. Heavy imports happen when the detector is built."""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,13 @@ class PoseBodies:
             min_pose_detection_confidence=min_detection, min_pose_presence_confidence=min_presence)
         self._lm = vision.PoseLandmarker.create_from_options(opts)
         self._visibility = visibility
+        # MediaPipe's own __del__ at interpreter exit fails (a TypeError traceback in every Ray worker's log)
+        # because its dispatcher's thread pool is shut down first. Close it before that: threading's exit
+        # hooks run in reverse order of registration, so this one runs before concurrent.futures' own.
+        hook = getattr(threading, "_register_atexit", None)
+        if hook is not None:
+            ref = weakref.ref(self)
+            hook(lambda: ref() is not None and ref().close())
 
     def detect(self, rgb: np.ndarray) -> list[Body]:
         import mediapipe as mp

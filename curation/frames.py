@@ -1,11 +1,11 @@
 """Sparse frame sampling for the per-clip model stages (person, quality): a few frames per second of a clip,
 decoded at a reduced size, streamed in small batches (never a whole clip's frames in memory).
 
-decord is used because it decodes straight to the requested size and seeks to the sampled frames, which is
-cheaper than piping every frame of the span through ffmpeg at the source rate. decord knows nothing of
-rotation or anamorphic pixels, so this module asks decord for the display aspect (the resize also squares
-anamorphic pixels) and turns rotated frames upright itself: the frames come out in the same square-pixel
-display space as `curation.media.iter_frames` and the writer (boxes found here are valid downstream).
+decord is used because it seeks to the sampled frames and converts only those to RGB, which is cheaper than
+piping every frame of the span through ffmpeg at the source rate. The sampled frames are resized here to the
+display aspect (squaring anamorphic pixels) and turned upright if decord did not apply the rotation: they come
+out in the same square-pixel display space as `curation.media.iter_frames` and the writer (so boxes found
+here are valid downstream).
 If decord cannot open a file, the ffmpeg decode of `curation.media.iter_frames` with an fps filter is used."""
 
 from __future__ import annotations
@@ -60,18 +60,30 @@ def sample_times(start_s: float, end_s: float, fps: float, max_samples: int | No
     return start_s + (np.arange(n) + 0.5) * (dur / n)
 
 
-def _upright(frame: np.ndarray, rotation: int) -> np.ndarray:
-    # probe's rotation is the clockwise rotation to apply for display (see media._rotation).
-    k = {90: -1, 180: 2, 270: 1}.get(int(rotation) % 360, 0)
-    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+def _to_display(frame: np.ndarray, geo: SampleGeometry, rotation: int) -> np.ndarray:
+    """A decoded frame in the source's display space at the decode size. decord builds may or may not apply
+    the rotation metadata themselves (the one here does), so the frame's own shape says whether it is upright
+    yet (180 degrees and square frames cannot be told apart that way: decord's rotation is trusted there);
+    the resize also squares anamorphic pixels (C1)."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    if rotation % 180 == 90 and (w > h) != (geo.width > geo.height) and w != h:
+        # probe's rotation (media._rotation) is counter-clockwise, like ffprobe's display matrix
+        frame = np.rot90(frame, 1 if rotation % 360 == 90 else -1)
+    if frame.shape[:2] != (geo.dec_h, geo.dec_w):
+        shrink = geo.dec_w < frame.shape[1]
+        frame = cv2.resize(frame, (geo.dec_w, geo.dec_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return np.ascontiguousarray(frame)
 
 
 def _iter_decord(path: str, times: np.ndarray, geo: SampleGeometry, rotation: int, threads: int,
                  batch: int) -> Iterator[tuple[float, np.ndarray]]:
     import decord
 
-    w, h = (geo.dec_h, geo.dec_w) if rotation % 180 == 90 else (geo.dec_w, geo.dec_h)
-    vr = decord.VideoReader(local_path(path), ctx=decord.cpu(0), width=w, height=h, num_threads=threads)
+    # Full-size decode, resized here: decord's own resize takes a size in the coded orientation, which
+    # depends on whether this decord build rotates; only the sampled frames are converted and resized.
+    vr = decord.VideoReader(local_path(path), ctx=decord.cpu(0), num_threads=threads)
     n = len(vr)
     if n == 0:
         return
@@ -84,13 +96,13 @@ def _iter_decord(path: str, times: np.ndarray, geo: SampleGeometry, rotation: in
         chunk = idx[i:i + batch]
         frames = vr.get_batch(list(chunk)).asnumpy()
         for j, fi in enumerate(chunk):
-            yield float(starts[fi]), _upright(frames[j], rotation)
+            yield float(starts[fi]), _to_display(frames[j], geo, rotation)
         del frames
     del vr
 
 
 def iter_samples(path: str, start_s: float, end_s: float, fps: float, geo: SampleGeometry, rotation: int = 0,
-                 threads: int = 1, batch: int = 8, max_samples: int | None = None, backend: str = "decord",
+                 threads: int = 1, batch: int = 4, max_samples: int | None = None, backend: str = "decord",
                  timeout: float = 600.0) -> Iterator[tuple[float, np.ndarray]]:
     """(source-timeline seconds, HxWx3 RGB uint8 frame at geo.dec size) for the sampled frames of the span."""
     times = sample_times(start_s, end_s, fps, max_samples)
@@ -108,9 +120,10 @@ def iter_samples(path: str, start_s: float, end_s: float, fps: float, geo: Sampl
             return
     # ffmpeg fallback: fps filter at the sampling rate over the span (frames come out upright already).
     rate = len(times) / max(end_s - start_s, 1e-6)
-    for k, fr in enumerate(iter_frames(path, start_s, end_s, fps=rate, size=(geo.dec_w, geo.dec_h),
+    t0 = float(times[0])  # the fps filter's frames fall at t0 + k / rate: the same times as above
+    for k, fr in enumerate(iter_frames(path, t0, end_s, fps=rate, size=(geo.dec_w, geo.dec_h),
                                        src_size=(geo.width, geo.height), pix_fmt="rgb24", timeout=timeout,
                                        threads=threads)):
         if k >= len(times):
             break
-        yield float(start_s + k / rate), fr
+        yield float(t0 + k / rate), fr

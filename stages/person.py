@@ -9,7 +9,7 @@ Scores (audit columns) and reasons, checked in this order (the first failing one
     face_px, face_height_frac   median main-face height (pixels, share of frame)   -> face_too_small
     face_presence   share of sampled frames where the main face track has a box   -> face_unstable
     face_jitter     median centre move between consecutive samples / face height  -> face_unstable
-Also recorded: other_face_frac, other_body_frac, n_faces_max, n_bodies_max, n_samples.
+Also recorded: other_face_frac, other_body_frac, n_faces_max, n_bodies_max, person_samples.
 
 Hands to later stages (`rec.data`): `face_track` (curation.tracks contract: sampled-frame times in the source
 timeline and the main face box per sampled frame, display pixels; `face_track_at(rec, fps)` interpolates) and
@@ -38,9 +38,11 @@ class PersonParams(Params):
     threads: int = Field(1, ge=0, description="decoder / detector threads per actor (0 = library default)")
     face_backend: Literal["yunet", "scrfd"] = "yunet"
     scrfd_model: Literal["scrfd_500m", "scrfd_2.5g"] = "scrfd_500m"
-    scrfd_input: int = Field(320, ge=64, description="SCRFD network input side (multiple of 32)")
+    scrfd_input: int | None = Field(None, ge=64, description="SCRFD square input side; None = each frame's own size "
+                                    "(rounded up to 32, no resampling): a fixed 640 misses A1's close-up face")
     face_score: float = Field(0.6, gt=0, lt=1, description="face detector confidence threshold")
     body_check: bool = Field(True, description="count bodies with PoseLandmarker too")
+    body_every: int = Field(1, ge=1, description="run PoseLandmarker on every k-th sampled frame (it costs 3x the face detector)")
     num_poses: int = Field(4, ge=2, description="PoseLandmarker num_poses (> 1 to see a second person)")
     pose_score: float = Field(0.5, gt=0, lt=1, description="PoseLandmarker detection/presence confidence")
     body_min_landmarks: int = Field(8, ge=1, description="a body needs this many visible landmarks to count")
@@ -50,7 +52,7 @@ class PersonParams(Params):
     min_face_frac: float = Field(0.5, ge=0, le=1, description="no_face below this share of frames with a face")
     other_size_ratio: float = Field(0.5, gt=0, description="a second face/body counts from this size ratio to the main one")
     max_multi_frac: float = Field(0.2, ge=0, le=1, description="multi_person above this share of frames with a second person")
-    min_face_px: float = Field(64.0, ge=0, description="face_too_small below this median face height (display px)")
+    min_face_px: float = Field(48.0, ge=0, description="face_too_small below this median face height (display px)")
     min_face_height_frac: float = Field(0.1, ge=0, le=1, description="face_too_small below this face height / frame height")
     min_face_presence: float = Field(0.8, ge=0, le=1, description="face_unstable below this share of frames on the main track")
     max_face_jitter: float = Field(0.5, ge=0, description="face_unstable above this median centre move per sample (face heights)")
@@ -71,19 +73,20 @@ def _inside(pt, box) -> bool:
     return box[0] <= pt[0] <= box[2] and box[1] <= pt[1] <= box[3]
 
 
-def decide(times: list[float], faces: list[np.ndarray], bodies: list[list], width: int, height: int,
+def decide(times: list[float], faces: list[np.ndarray], bodies: list[list | None], width: int, height: int,
            p: PersonParams) -> dict:
     """The whole-clip decision from per-sample detections in display pixels.
-    faces[i]: (N, 5) [x0, y0, x1, y1, score]; bodies[i]: list of curation.bodies.Body.
+    faces[i]: (N, 5) [x0, y0, x1, y1, score]; bodies[i]: list of curation.bodies.Body, or None where the
+    body detector did not run on that sample (body_every > 1, body_check off).
     Returns {"scores": {...}, "track": Track | None, "person_box": [...] | None}."""
     n = len(times)
     tracks = link(faces, p.track_iou, p.track_max_gap)
     main: Track | None = main_track(tracks)
     sc: dict[str, float | None] = {
-        "n_samples": float(n),
+        "person_samples": float(n),
         "face_any_frac": float(np.mean([len(f) > 0 for f in faces])) if n else 0.0,
         "n_faces_max": float(max((len(f) for f in faces), default=0)),
-        "n_bodies_max": float(max((len(b) for b in bodies), default=0)),
+        "n_bodies_max": float(max((len(b) for b in bodies if b is not None), default=0)),
     }
     if main is None:
         return {"scores": sc, "track": None, "person_box": None}
@@ -93,6 +96,7 @@ def decide(times: list[float], faces: list[np.ndarray], bodies: list[list], widt
     main_boxes = boxes_at({"t": [times[i] for i in main.frames], "boxes": main.boxes}, times)
     other_face = np.zeros(n, bool)
     other_body = np.zeros(n, bool)
+    body_seen = np.array([b is not None for b in bodies], bool)
     union = [list(b) for b in main.boxes]
     for i in range(n):
         own = main.box_at(i)
@@ -106,8 +110,9 @@ def decide(times: list[float], faces: list[np.ndarray], bodies: list[list], widt
                 other_face[i] = True
         # Bodies: the one whose head lies on the main face is the main person; any other big one is not.
         match_box = _expand(main_boxes[i], 0.5)
-        mine = [b for b in bodies[i] if _inside(b.head, match_box)]
-        others = [b for b in bodies[i] if b not in mine and b.n_visible >= p.body_min_landmarks]
+        bl = bodies[i] or []
+        mine = [b for b in bl if _inside(b.head, match_box)]
+        others = [b for b in bl if not any(b is m for m in mine) and b.n_visible >= p.body_min_landmarks]
         for b in mine:
             union.append(list(b.box))
         # Reference size of the main person: its body if seen, else two face heights (head and shoulders,
@@ -125,8 +130,11 @@ def decide(times: list[float], faces: list[np.ndarray], bodies: list[list], widt
     sc.update({
         "face_presence": len(main.frames) / n,
         "other_face_frac": float(other_face.mean()),
-        "other_body_frac": float(other_body.mean()),
-        "multi_frac": float((other_face | other_body).mean()),
+        # body shares over the samples the body detector ran on; multi_frac: the larger of the face-only share
+        # (all samples) and the face-or-body share (samples with bodies)
+        "other_body_frac": float(other_body[body_seen].mean()) if body_seen.any() else 0.0,
+        "multi_frac": float(max(other_face.mean(),
+                                (other_face | other_body)[body_seen].mean() if body_seen.any() else 0.0)),
         "face_px": med_h,
         "face_height_frac": med_h / height,
         "face_jitter": float(np.median(jit)) if len(jit) else 0.0,
@@ -170,7 +178,7 @@ class PersonStage(Stage):
             self._bodies = PoseBodies(str(resolve("pose_landmarker", self.ctx.weights_dir, stage=self.name)),
                                       num_poses=p.num_poses, min_detection=p.pose_score, min_presence=p.pose_score)
 
-    def detect(self, rec: ClipRecord) -> tuple[list[float], list[np.ndarray], list[list], int, int]:
+    def detect(self, rec: ClipRecord) -> tuple[list[float], list[np.ndarray], list[list | None], int, int]:
         """Sampled times and detections in display pixels."""
         self._load()
         p: PersonParams = self.params
@@ -186,8 +194,9 @@ class PersonStage(Stage):
             f[:, [1, 3]] *= sy
             times.append(t)
             faces.append(f)
-            bl = []
-            if self._bodies is not None:
+            bl = None  # body detector not run on this sample
+            if self._bodies is not None and (len(times) - 1) % p.body_every == 0:
+                bl = []
                 for b in self._bodies.detect(rgb):
                     b.box = (b.box[0] * sx, b.box[1] * sy, b.box[2] * sx, b.box[3] * sy)
                     b.head = (b.head[0] * sx, b.head[1] * sy)
@@ -203,7 +212,7 @@ class PersonStage(Stage):
             return rec
         res = decide(times, faces, bodies, w, h, p)
         sc, main = res["scores"], res["track"]
-        for k in ("n_samples", "n_faces_max", "n_bodies_max"):
+        for k in ("person_samples", "n_faces_max", "n_bodies_max"):
             rec.scores[k] = sc[k]
         self.check(rec, "face_any_frac", sc["face_any_frac"], reason="no_face", min=p.min_face_frac)
         if main is None:
