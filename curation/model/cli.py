@@ -28,7 +28,10 @@ def _run_train(args: argparse.Namespace) -> None:
     if args.config is None and not args.resume:
         raise SystemExit("train: --config is required for a new run")
     cfg = get_config(args.config) if args.config else None
-    train(args.shards, args.out, cfg, device=args.device, resume=args.resume, steps=args.steps)
+    try:
+        train(args.shards, args.out, cfg, device=args.device, resume=args.resume, steps=args.steps)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"train: {e}") from None
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -41,12 +44,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="directory holding the *.tar shards (the shards/ folder of a curation run)")
     p.add_argument("--config", choices=sorted(CONFIGS), metavar="CONFIG",
                    help=f"model size, one of {', '.join(CONFIGS)} ({_sizes()}). Required for a new run; "
-                        "with --resume it defaults to the checkpoint's and may not differ from it")
+                        "with --resume the checkpoint's config is used and CONFIG, if given, must match it")
     p.add_argument("--out", required=True, metavar="RUN_DIR",
                    help="run directory for last.pt, log.jsonl and config.json; must not hold a checkpoint "
                         "unless --resume")
     p.add_argument("--steps", type=int, metavar="N",
-                   help="total optimizer steps, also the length of the cosine schedule (default: the config's)")
+                   help="total optimizer steps, also the length of the cosine schedule (default: the config's; "
+                        "with --resume, the checkpoint's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=_default_device(),
                    help="where to train: cuda uses bf16 autocast, cpu fp32 (default: cuda when available)")
     p.add_argument("--resume", action="store_true",

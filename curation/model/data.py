@@ -103,7 +103,7 @@ def read_frames(path: str, start_frame: int, n: int, size: int) -> np.ndarray:
     if p.returncode or len(p.stdout) != want:
         raise RuntimeError(f"ffmpeg decoded {len(p.stdout)} of {want} bytes for frames {start_frame}+{n} "
                            f"of {path}: {p.stderr.decode(errors='replace')[-300:]}")
-    return np.frombuffer(p.stdout, np.uint8).reshape(n, size, size, 3)
+    return np.frombuffer(bytearray(p.stdout), np.uint8).reshape(n, size, size, 3)
 
 
 # ---------------------------------------------------------------- pipeline

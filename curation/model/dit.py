@@ -39,11 +39,10 @@ def rope_angles(pos: torch.Tensor, dims: list[int], theta: float = 10000.0) -> t
 
 
 def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate channel pairs of x (B, heads, L, D) by the angles in `rope` (each (L, D/2)), in fp32."""
+    """Rotate channel pairs of x (B, heads, L, D) by the angles in `rope` (each (L, D/2))."""
     cos, sin = rope
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-    return out.type_as(x)
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
 class Attention(nn.Module):
@@ -61,8 +60,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: torch.Tensor, rope_q, rope_k) -> torch.Tensor:
         q = self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         k, v = self.kv(ctx).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)
-        q = apply_rope(self.q_norm(q), rope_q)
-        k = apply_rope(self.k_norm(k), rope_k)
+        q = apply_rope(self.q_norm(q.float()), rope_q).to(v.dtype)  # norm and rotation in fp32
+        k = apply_rope(self.k_norm(k.float()), rope_k).to(v.dtype)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).flatten(2))
 

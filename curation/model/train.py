@@ -25,8 +25,8 @@ from .dit import DiT
 from .flow import flow_loss
 
 CKPT_NAME = "last.pt"
-# Fields that may change when a run is resumed; any other difference would break the exact resume.
-RESUMABLE_CHANGES = {"steps", "log_every", "ckpt_every"}
+# Fields a config passed at resume may differ in from the stored one (which is what the run goes on with).
+IGNORED_AT_RESUME = {"steps", "log_every", "ckpt_every"}
 
 
 @dataclass
@@ -108,16 +108,15 @@ def save_checkpoint(st: TrainState, path: str) -> None:
 
 def load_checkpoint(path: str, device: str | torch.device, cfg: Config | None = None,
                     steps: int | None = None) -> TrainState:
-    """Rebuild the training state saved at `path`. `cfg`, when given, replaces the stored config but may
-    differ from it only in RESUMABLE_CHANGES; `steps` replaces the total step count."""
+    """Rebuild the training state saved at `path` with its stored config, `steps` replacing the total
+    step count when given. `cfg`, when given, is only checked: a run resumes under the config it began."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     saved = Config.from_dict(ckpt["config"])
     if cfg is not None:
-        differ = sorted(k for k, v in cfg.to_dict().items() if v != saved.to_dict()[k] and k not in RESUMABLE_CHANGES)
+        differ = sorted(k for k, v in cfg.to_dict().items() if v != saved.to_dict()[k] and k not in IGNORED_AT_RESUME)
         if differ:
-            raise ValueError(f"config differs from the checkpoint in {differ}; resume with the stored config")
-    cfg = cfg or saved
-    st = build_state(cfg if steps is None else replace(cfg, steps=steps), device)
+            raise ValueError(f"config {cfg.name!r} differs from the checkpoint's in {differ}")
+    st = build_state(saved if steps is None else replace(saved, steps=steps), device)
     st.model.load_state_dict(ckpt["model"])
     st.ema.load_state_dict(ckpt["ema"])
     st.opt.load_state_dict(ckpt["optimizer"])
@@ -134,8 +133,7 @@ def train(shards_dir: str, out_dir: str, cfg: Config | None = None, *, device: s
           resume: bool = False, steps: int | None = None, until: int | None = None) -> TrainState:
     """Train to step `until` (default: the total, cfg.steps or `steps`), logging to stdout and
     OUT/log.jsonl and checkpointing to OUT/last.pt every cfg.ckpt_every steps and at the end.
-    A new run needs `cfg`; `resume` continues OUT/last.pt, with `cfg` (if given) allowed to change only
-    RESUMABLE_CHANGES."""
+    A new run needs `cfg`; `resume` continues OUT/last.pt under its stored config (see load_checkpoint)."""
     ckpt_path = os.path.join(out_dir, CKPT_NAME)
     if resume:
         st = load_checkpoint(ckpt_path, device, cfg, steps)
