@@ -3,10 +3,13 @@ and clip encoding. ffmpeg is always called with an argument list, never through 
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,6 +28,35 @@ class MediaError(RuntimeError):
 
 
 CACHE_DIR = os.environ.get("CURATION_CACHE", os.path.join(tempfile.gettempdir(), "talkcurate-cache"))
+
+
+def temp_dir() -> tempfile.TemporaryDirectory:
+    """A scratch directory for one ffmpeg job, named after this process so that one left behind by a killed
+    worker can be told from one in use (sweep_stale_temp_dirs)."""
+    return tempfile.TemporaryDirectory(prefix=f"talkcurate-{os.getpid()}-")
+
+
+def sweep_stale_temp_dirs() -> int:
+    """Remove this machine's scratch directories whose process is gone (a worker killed mid-encode)."""
+    import glob
+    import re
+    import shutil
+
+    removed = 0
+    for d in glob.glob(os.path.join(tempfile.gettempdir(), "talkcurate-*-*")):
+        m = re.fullmatch(r"talkcurate-(\d+)-[^/]*", os.path.basename(d))
+        if not m or not os.path.isdir(d):
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive (or another user's: PermissionError below)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def local_path(path: str) -> str:
@@ -86,6 +118,10 @@ class ProbeInfo:
         return dict(self.__dict__)
 
 
+# Below this the container's timing is broken (a frame every few seconds is no video of someone talking).
+MIN_PLAUSIBLE_FPS = 1.0
+
+
 def _rotation(stream: dict) -> int:
     rot = 0
     tags = stream.get("tags") or {}
@@ -144,6 +180,8 @@ def probe(path: str, audio_path: str | None = None, timeout: float = 60.0) -> Pr
     nf = None
     if v is not None and str(v.get("nb_frames", "")).isdigit():
         nf = int(v["nb_frames"])
+    if v is not None and 0 < fps < MIN_PLAUSIBLE_FPS:
+        raise MediaError("unreadable", f"implausible frame rate {fps:.3g} fps (broken timing in the container)")
     return ProbeInfo(
         duration_s=dur, fps=fps, width=w, height=h, rotation=rot,
         vcodec=v.get("codec_name") if v else None, acodec=a.get("codec_name") if a else None,
@@ -246,6 +284,27 @@ def iter_frames(path: str, start_s: float = 0.0, end_s: float | None = None, fps
     cmd += ["-pix_fmt", pix_fmt, "-f", "rawvideo", "-"]
     frame_bytes = ow * oh * chans
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes * 4)
+    # `timeout` is a deadline for the whole decode: a file that hangs ffmpeg (or a FIFO that never delivers)
+    # gets ffmpeg killed, which ends the read below. stderr is drained on a thread (a corrupt file can log
+    # more than a pipe holds, which would otherwise block ffmpeg); its last lines explain a failure.
+    expired = threading.Event()
+
+    def _expire():
+        expired.set()
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+    err_tail: collections.deque[bytes] = collections.deque(maxlen=16)
+
+    def _drain():
+        for line in proc.stderr:
+            err_tail.append(line)
+
+    timer = threading.Timer(timeout, _expire)
+    timer.daemon = True
+    timer.start()
+    drain = threading.Thread(target=_drain, daemon=True)
+    drain.start()
     try:
         while True:
             buf = proc.stdout.read(frame_bytes)
@@ -253,18 +312,20 @@ def iter_frames(path: str, start_s: float = 0.0, end_s: float | None = None, fps
                 break
             arr = np.frombuffer(buf, np.uint8).reshape(oh, ow, chans)
             yield arr if chans > 1 else arr[:, :, 0]
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise MediaError("timeout:decode", f"ffmpeg decode took longer than {timeout:g} s") from None
+        proc.wait()
+        drain.join(5.0)
+        if expired.is_set():
+            raise MediaError("timeout:decode", f"ffmpeg decode took longer than {timeout:g} s")
         if proc.returncode not in (0, None):
-            err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            err = b"".join(err_tail).decode("utf-8", "replace").strip().splitlines()
             raise MediaError("unreadable", f"decode failed: {(err[-1] if err else proc.returncode)}"[:500])
     finally:
+        timer.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+        drain.join(5.0)
         proc.stderr.close()
 
 
@@ -288,17 +349,21 @@ def encode_clip(path: str, start_s: float, end_s: float, *, fps: float = 25.0, a
     src = local_path(path)
     asrc = local_path(audio_path) if audio_path else src
     a_start = start_s + audio_shift_s
-    with tempfile.TemporaryDirectory(prefix="talkcurate-") as td:
+    with temp_dir() as td:
         mp4 = os.path.join(td, "clip.mp4")
         wav = os.path.join(td, "clip.wav")
         a_in = ["-ss", f"{max(0.0, a_start):.6f}", "-t", f"{dur:.6f}", "-i", asrc]
-        afilt = f"aresample={audio_rate},apad=whole_dur={dur:.6f}"
+        # first_pts=0: the audio starts exactly at the cut (trimmed when the stream starts early, as Opus
+        # pre-skip does; silence-filled when it starts late), so apad fills it to exactly `dur`
+        afilt = f"aresample={audio_rate}:async=1:first_pts=0,apad=whole_dur={dur:.6f}"
         if a_start < 0:
             afilt = f"adelay={int(round(-a_start * 1000))}:all=1," + afilt
         cmd = [FFMPEG, "-nostdin", "-v", "error", "-y",
                "-ss", f"{start_s:.6f}", "-t", f"{dur + 1.0 / fps:.6f}", "-i", src, *a_in,
                "-map", "0:v:0", "-map", "1:a:0",
-               "-vf", f"fps={fps:g},{SQUARE_PIXELS}", "-frames:v", str(n_frames),
+               # exactly n_frames by a trim in the filter graph: -frames:v would end the whole file when the
+               # video is done, cutting the AAC track (still in the encoder) short by about half a second
+               "-vf", f"fps={fps:g},{SQUARE_PIXELS},trim=end_frame={n_frames}",
                "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
                "-af", afilt, "-ac", "1", "-ar", str(audio_rate), "-c:a", "aac", "-b:a", "64k",
                "-t", f"{dur:.6f}", "-movflags", "+faststart", mp4,

@@ -223,6 +223,17 @@ class Committer:
             if self._should_commit():
                 self.commit()
 
+    def is_complete(self, source: str) -> bool:
+        """No record of `source` is waiting for its siblings (true also for a source never added)."""
+        return source not in self._open
+
+    def discard(self, sources: list[str]) -> list[ClipRecord]:
+        """Forget the records received so far of incomplete `sources` (they are to be processed again)."""
+        out: list[ClipRecord] = []
+        for s in sources:
+            out.extend(self._open.pop(s, []))
+        return out
+
     def _should_commit(self) -> bool:
         kept = [r for g in self._ready for r in g if r.status != REJECTED]
         return (len(self._ready) >= self.commit_every_sources or len(kept) >= self.shard_max_samples

@@ -7,12 +7,14 @@ the encoded clip bytes), never decoded video."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 from curation.audit import consolidate
 from curation.config import Manifest, Resources, load_manifest
 from curation.ingest import list_inputs
+from curation.media import sweep_stale_temp_dirs
 from curation.output import Committer, OutputDir
 from curation.record import ClipRecord
 from curation.weights import resolve, weights_dir
@@ -47,22 +50,131 @@ def _batch(records: list[ClipRecord]) -> dict:
     return {"key": np.array([r.key for r in records], dtype=object), "rec": rec}
 
 
-def run_stage_task(batch: dict, stage_name: str, params: dict, ctx: StageContext) -> dict:
+# A clip whose worker dies this many times while a stage processes it (a crash in native code, a kill, the
+# out-of-memory killer) is rejected with `error:<stage>` instead of being tried again.
+MAX_CLIP_ATTEMPTS = 2
+
+
+def ray_retries(batch_size: int) -> int:
+    """Ray re-runs of a batch whose worker died: enough for every clip of the batch to use its attempts
+    (each re-run either finishes or uses up one attempt of one clip), bounded so nothing loops forever."""
+    return MAX_CLIP_ATTEMPTS * batch_size + 2
+
+
+class AttemptLog:
+    """Which clips a stage has started and not finished, in the Ray cluster's key-value store (the GCS): shared
+    by the workers of every node and kept when a worker dies. A clip found there when a batch starts was being
+    processed by a worker that died: the batch is a Ray retry. Inactive outside Ray (plain stage calls)."""
+
+    def __init__(self, run_id: str | None, stage: str):
+        self.kv = None
+        if run_id:
+            try:
+                from ray.experimental import internal_kv
+
+                if internal_kv._internal_kv_initialized():
+                    self.kv = internal_kv
+            except ImportError:
+                pass
+        self.ns = f"talkcurate-{run_id}"
+        self.stage = stage
+
+    def _k(self, key: str) -> bytes:
+        return f"{self.stage}/{key}".encode()
+
+    def get(self, key: str) -> dict:
+        v = self.kv._internal_kv_get(self._k(key), namespace=self.ns)
+        return json.loads(v) if v else {}
+
+    def put(self, key: str, state: dict) -> None:
+        self.kv._internal_kv_put(self._k(key), json.dumps(state).encode(), overwrite=True, namespace=self.ns)
+
+    def delete(self, key: str) -> None:
+        self.kv._internal_kv_del(self._k(key), namespace=self.ns)
+
+    def hard_timeout(self, rec: ClipRecord, reason: str, message: str) -> None:
+        """Called by a worker about to kill itself over a clip stuck past its time limit."""
+        self.put(rec.key, {**self.get(rec.key), "verdict": [reason, message]})
+
+
+def process_batch(stage, records: list[ClipRecord], run_id: str | None = None) -> list[ClipRecord]:
+    """One batch through one stage, robust to the worker dying on a clip.
+
+    First attempt (no clip of the batch in the attempt log): the batch as it came, every clip logged as
+    started. A Ray retry (some clip logged, so a worker died on this batch): clip by clip, each logged while
+    it runs; a clip that has already taken down MAX_CLIP_ATTEMPTS workers, or that a watchdog found stuck
+    past its time limit, is rejected at once (`error:<stage>` / `timeout:<stage>`) and the rest go on."""
+    log = AttemptLog(run_id, stage.name)
+    if log.kv is None:
+        return stage.process(records)
+    stage.on_hard_timeout = log.hard_timeout
+    active = [r for r in records if stage.should_process(r)]
+    state = {r.key: log.get(r.key) for r in active}
+    if not any(state.values()):
+        for r in active:
+            log.put(r.key, {"n": 1})
+        out = stage.process(records)
+        for r in active:
+            log.delete(r.key)
+        return out
+    log_ = logging.getLogger("curation")
+    out: list[ClipRecord] = []
+    for r in records:
+        if not stage.should_process(r):
+            out.append(r)
+            continue
+        st = state.get(r.key) or {}
+        n = int(st.get("n", 0))
+        if st.get("verdict"):
+            reason, message = st["verdict"]
+            r.reject(stage.name, reason, message)
+        elif n >= MAX_CLIP_ATTEMPTS:
+            r.reject(stage.name, f"error:{stage.name}",
+                     f"the {stage.name} worker died {n} times while processing this clip (a crash in native "
+                     f"code, a kill or out of memory); not tried again")
+        else:
+            if n:
+                log_.warning("%s: retrying %s after its worker died (attempt %d of %d)", stage.name, r.key, n + 1,
+                             MAX_CLIP_ATTEMPTS)
+            log.put(r.key, {"n": n + 1})
+            out.extend(stage.process([r]))
+            log.delete(r.key)
+            continue
+        log.delete(r.key)
+        out.append(r)
+    return out
+
+
+_swept = False
+
+
+def _sweep_once() -> None:
+    """Once per worker process: scratch directories of workers killed on this node go."""
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_stale_temp_dirs()
+
+
+def run_stage_task(batch: dict, stage_name: str, params: dict, ctx: StageContext, run_id: str | None = None) -> dict:
     """A stage without models, as a Ray task: cheap to build per batch."""
+    _sweep_once()
     cls = stage_class(stage_name)
     stage = cls(cls.Params.model_validate(params), ctx)
-    return _batch(stage.process(_records(batch)))
+    return _batch(process_batch(stage, _records(batch), run_id))
 
 
 class StageActor:
     """A stage with models, as a Ray actor: built (models loaded) once, then fed batches."""
 
-    def __init__(self, stage_name: str, params: dict, ctx: StageContext):
+    def __init__(self, stage_name: str, params: dict, ctx: StageContext, run_id: str | None = None):
+        _sweep_once()
         cls = stage_class(stage_name)
         self.stage = cls(cls.Params.model_validate(params), ctx)
+        self.run_id = run_id
 
     def __call__(self, batch: dict) -> dict:
-        return _batch(self.stage.process(_records(batch)))
+        return _batch(process_batch(self.stage, _records(batch), self.run_id))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,9 +226,13 @@ def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict) 
     return plans
 
 
-def build_dataset(records: list[ClipRecord], plans: list[StagePlan]):
+def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str | None = None):
+    """The plan as a Ray Data dataset. Worker deaths are retried by Ray a bounded number of times (see
+    process_batch for how a clip that keeps killing its worker is found and rejected); a block that still
+    fails is dropped rather than failing the run, and the driver processes its sources again."""
     import ray
 
+    ray.data.DataContext.get_current().max_errored_blocks = -1
     ds = ray.data.from_items([{"key": r.key, "rec": r.to_bytes()} for r in records],
                              override_num_blocks=max(1, len(records)))
     for p in plans:
@@ -124,14 +240,21 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan]):
         common = dict(batch_size=r.batch_size, batch_format="numpy", num_cpus=r.num_cpus)
         if r.num_gpus:
             common["num_gpus"] = r.num_gpus
+        retries = ray_retries(r.batch_size)
         if p.uses_models:
-            ds = ds.map_batches(StageActor, fn_constructor_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx),
+            ds = ds.map_batches(StageActor, fn_constructor_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
+                                                                       run_id=run_id),
                                 compute=ray.data.ActorPoolStrategy(min_size=r.concurrency[0], max_size=r.concurrency[1]),
-                                **common)
+                                max_restarts=-1, max_task_retries=retries, **common)
         else:
-            ds = ds.map_batches(run_stage_task, fn_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx),
-                                **common)
+            ds = ds.map_batches(run_stage_task, fn_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
+                                                               run_id=run_id),
+                                max_retries=retries, **common)
     return ds
+
+
+# Environment variables the workers need from the driver (fault injection for tests, see docs/operations.md).
+PASS_ENV = ("CURATION_FAULTS", "CURATION_FAULTS_DIR")
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -142,11 +265,60 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Workers must import the project the same way as the driver (an editable install or a checkout).
     root = str(Path(__file__).resolve().parent.parent)
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}}
+    env_vars = {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env_vars.update({k: os.environ[k] for k in PASS_ENV if k in os.environ})
+    env = {"env_vars": env_vars}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+        # "local": always a new Ray of this process, never a cluster someone else started on this machine
+        # with `ray start` (ray.init() with no address would attach to that one).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+
+
+def _stage_of_lost(run_id: str, source_key: str) -> str | None:
+    """The stage a lost source's clips were last started in (from the attempt log), if any."""
+    try:
+        from ray.experimental import internal_kv
+
+        keys = internal_kv._internal_kv_list(b"", namespace=f"talkcurate-{run_id}")
+    except Exception:
+        return None
+    for k in keys:
+        stage, _, key = k.decode().partition("/")
+        if key.startswith(source_key):
+            return stage
+    return None
+
+
+def stream_into(committer: Committer, records: list[ClipRecord], plans: list[StagePlan], run_id: str) -> None:
+    """Run the plan over `records` and hand every finished record to the committer as it arrives.
+
+    A source whose records Ray lost (a block dropped after its retries, see build_dataset) is run again on
+    its own, once; one still lost after that is rejected as a whole with `error:<stage>`."""
+    pending = {r.source: r for r in records}
+    seen: set[str] = set()
+    for attempt in (1, 2):
+        if not pending:
+            break
+        ds = build_dataset(list(pending.values()), plans, run_id)
+        for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
+            for rec in _records(batch):
+                if rec.key in seen:  # delivered twice (a retried task): keep the first
+                    continue
+                seen.add(rec.key)
+                committer.add(rec)
+                if committer.is_complete(rec.source):
+                    pending.pop(rec.source, None)
+        if pending:
+            for rec in committer.discard(list(pending)):
+                seen.discard(rec.key)
+            log.warning("%d source(s) lost by Ray (a batch failed after its retries)%s: %s", len(pending),
+                        ", running them again" if attempt == 1 else "", ", ".join(sorted(pending)[:5]))
+    for src, rec in pending.items():
+        stage = _stage_of_lost(run_id, rec.key) or "pipeline"
+        rec.reject(stage, f"error:{stage}", "the source's batch failed twice in Ray (workers died); see the driver log")
+        committer.add(rec)
 
 
 def _check_manifest_matches(out: OutputDir, manifest: Manifest) -> None:
@@ -185,6 +357,7 @@ def run(input_path: str, output: str, manifest: str | Manifest | None = None, ad
     out.create()
     _check_manifest_matches(out, m)
     recovered = out.recover()
+    sweep_stale_temp_dirs()
     done = out.finished_sources()
     todo = [s for s in sources if s[0] not in done]
     if limit is not None:
@@ -197,10 +370,14 @@ def run(input_path: str, output: str, manifest: str | Manifest | None = None, ad
 
         init_ray(address, num_cpus)
         plans = plan_stages(m, wdir, score_only, ray.cluster_resources())
-        ds = build_dataset(records, plans)
-        for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
-            for rec in _records(batch):
-                committer.add(rec)
+        run_id = uuid.uuid4().hex[:16]
+        try:
+            stream_into(committer, records, plans, run_id)
+        finally:
+            with contextlib.suppress(Exception):
+                from ray.experimental import internal_kv
+
+                internal_kv._internal_kv_del(b"", del_by_prefix=True, namespace=f"talkcurate-{run_id}")
         committer.close()
     wall = time.time() - t0
     with open(out.audit / "runs.jsonl", "a", encoding="utf-8") as f:
