@@ -15,7 +15,9 @@ def print_funnel(funnel: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        # Piped into a log (no terminal): wide enough that no column wraps, instead of rich's 80.
+        console = Console() if Console().is_terminal else Console(width=160)
     tot = funnel.get("totals", {})
     t = Table(title="talkcurate funnel", caption=(
         f"{tot.get('sources', 0)} sources ({_hms(tot.get('source_seconds', 0))}) → "
