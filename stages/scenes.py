@@ -24,6 +24,8 @@ class ScenesParams(Params):
     min_s: float = Field(5.0, ge=0, description="shots shorter than this are rejected as too_short")
     max_s: float = Field(50.0, gt=0, description="longer shots are split into equal pieces no longer than this")
     decode_threads: int = Field(1, ge=0, description="ffmpeg decoder threads (0 = auto)")
+    fast_decode: bool = Field(True, description="skip the decoder's deblocking filter and scale bilinearly: "
+                              "cheaper frames, good enough to compare shots (same cuts on the shared footage)")
 
 
 def make_detector(p: ScenesParams):
@@ -42,7 +44,7 @@ def detect_cuts(path: str, fps: float, src_size: tuple[int, int], p: ScenesParam
     cuts: list[int] = []
     n = 0
     for frame in iter_frames(path, fps=fps, size=(p.decode_width, None), src_size=src_size,
-                             pix_fmt="bgr24", timeout=timeout, threads=p.decode_threads):
+                             pix_fmt="bgr24", timeout=timeout, threads=p.decode_threads, fast=p.fast_decode):
         cuts.extend(det.process_frame(n, frame))
         n += 1
     if hasattr(det, "post_process"):
