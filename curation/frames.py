@@ -1,15 +1,26 @@
 """Sparse frame sampling for the per-clip model stages (person, quality): a few frames per second of a clip,
-decoded at a reduced size, streamed in small batches (never a whole clip's frames in memory).
+decoded at a reduced size (never a whole clip's frames at source size in memory).
 
 decord is used because it seeks to the sampled frames and converts only those to RGB, which is cheaper than
 piping every frame of the span through ffmpeg at the source rate. The sampled frames are resized here to the
 display aspect (squaring anamorphic pixels) and turned upright if decord did not apply the rotation: they come
 out in the same square-pixel display space as `curation.media.iter_frames` and the writer (so boxes found
 here are valid downstream).
+
+decord's frames are decoded by a thread of their own in one tight pass (small batches, each resized at once, the
+caller taking frames as they come), in chunks of at most DECODE_BUDGET_BYTES of resized frames (one chunk for
+every clip the default manifests allow; the frames are the same however a span is chunked), and decord's
+reader is stopped at the end of every chunk. decord (0.6) must not sit idle with a live reader: after a seek
+its reader pushes packets ahead while it waits for the first frame, and its decoder thread goes on decoding
+those into full-size RGB frames while the caller works, memory held until the reader is destroyed
+(dmlc/decord #157, #208). Streamed to the person stage's detectors batch by batch, one 50-s clip of a 640x360
+source grew by ~0.8 GB that way and the stage took ~1.5 CPU-s more (5.3 instead of 3.8).
 If decord cannot open a file, the ffmpeg decode of `curation.media.iter_frames` with an fps filter is used."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -77,28 +88,85 @@ def _to_display(frame: np.ndarray, geo: SampleGeometry, rotation: int) -> np.nda
     return np.ascontiguousarray(frame)
 
 
+# Resized frames decoded per chunk before decord's reader is stopped (see above).
+DECODE_BUDGET_BYTES = 256 * 1024 * 1024
+_CHUNK_END, _DONE = object(), object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _decode_decord(path: str, times: np.ndarray, geo: SampleGeometry, rotation: int, threads: int, batch: int,
+                   out: queue.SimpleQueue, drained: threading.Event, stop: threading.Event) -> None:
+    """The decoding thread: (time, frame) items into `out`, _CHUNK_END after each chunk (then it waits for
+    `drained`: the caller has taken the chunk), an exception as _Failed, and _DONE last."""
+    try:
+        import decord
+
+        # Full-size decode, resized here: decord's own resize takes a size in the coded orientation, which
+        # depends on whether this decord build rotates; only the sampled frames are converted and resized.
+        vr = decord.VideoReader(local_path(path), ctx=decord.cpu(0), num_threads=threads)
+        n = len(vr)
+        if n == 0:
+            return
+        # decord's timestamps start at the video stream's first frame; containers whose video starts late
+        # (A3: 33 ms) are off by that much, below one frame.
+        starts = vr.get_frame_timestamp(np.arange(n))[:, 0]
+        idx = np.clip(np.searchsorted(starts, times, side="right") - 1, 0, n - 1)
+        idx = np.unique(idx)  # several samples on one frame (very low fps sources): decode it once
+        per_chunk = max(batch, DECODE_BUDGET_BYTES // (geo.dec_w * geo.dec_h * 3))
+        for c in range(0, len(idx), per_chunk):
+            chunk = idx[c:c + per_chunk]
+            for i in range(0, len(chunk), batch):
+                if stop.is_set():
+                    return
+                part = chunk[i:i + batch]
+                frames = vr.get_batch(list(part)).asnumpy()
+                for j, fi in enumerate(part):
+                    out.put((float(starts[fi]), _to_display(frames[j], geo, rotation)))
+                del frames
+            if c + per_chunk >= len(idx):
+                break
+            vr.seek(0)  # stops decord's decoder thread; the next chunk seeks to its own keyframe
+            drained.clear()
+            out.put(_CHUNK_END)
+            while not drained.wait(0.5):
+                if stop.is_set():
+                    return
+    except Exception as e:  # handed to the caller, at the point of the stream where it happened
+        out.put(_Failed(e))
+    finally:
+        vr = None  # noqa: F841 - the reader, and decord's decoder thread with it, go before _DONE
+        out.put(_DONE)
+
+
 def _iter_decord(path: str, times: np.ndarray, geo: SampleGeometry, rotation: int, threads: int,
                  batch: int) -> Iterator[tuple[float, np.ndarray]]:
-    import decord
-
-    # Full-size decode, resized here: decord's own resize takes a size in the coded orientation, which
-    # depends on whether this decord build rotates; only the sampled frames are converted and resized.
-    vr = decord.VideoReader(local_path(path), ctx=decord.cpu(0), num_threads=threads)
-    n = len(vr)
-    if n == 0:
-        return
-    # decord's timestamps start at the video stream's first frame; containers whose video starts late
-    # (A3: 33 ms) are off by that much, below one frame.
-    starts = vr.get_frame_timestamp(np.arange(n))[:, 0]
-    idx = np.clip(np.searchsorted(starts, times, side="right") - 1, 0, n - 1)
-    idx = np.unique(idx)  # several samples on one frame (very low fps sources): decode it once
-    for i in range(0, len(idx), batch):
-        chunk = idx[i:i + batch]
-        frames = vr.get_batch(list(chunk)).asnumpy()
-        for j, fi in enumerate(chunk):
-            yield float(starts[fi]), _to_display(frames[j], geo, rotation)
-        del frames
-    del vr
+    out: queue.SimpleQueue = queue.SimpleQueue()
+    drained, stop = threading.Event(), threading.Event()
+    worker = threading.Thread(target=_decode_decord, name="decord-samples", daemon=True,
+                              args=(path, times, geo, rotation, threads, batch, out, drained, stop))
+    worker.start()
+    try:
+        while True:
+            try:
+                item = out.get(timeout=0.05)  # short waits: a stage time limit (an async exception) gets in
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                return
+            if item is _CHUNK_END:
+                drained.set()
+            elif isinstance(item, _Failed):
+                raise item.exc
+            else:
+                yield item
+    finally:
+        stop.set()
+        drained.set()
+        worker.join(5.0)  # at most one batch to finish; one stuck in native code is left behind (a daemon)
 
 
 def iter_samples(path: str, start_s: float, end_s: float, fps: float, geo: SampleGeometry, rotation: int = 0,

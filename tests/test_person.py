@@ -158,6 +158,29 @@ def test_rotated_source_is_decoded_upright(tmp_path, footage, stage_ctx):
     assert 0 < cx < 512 and 0 < cy < 440
 
 
+def test_decord_samples_do_not_depend_on_decode_chunks(tmp_path, footage, monkeypatch):
+    """curation.frames decodes a clip's samples in chunks and parks decord's reader between them (its
+    decoder thread must not run ahead while the caller works): frames and times are the same however the
+    span is cut into chunks (here 5 frames a chunk of a one-GOP file, so every later chunk starts mid-GOP)."""
+    import curation.frames as frames
+
+    one_gop = tmp_path / "one_gop.mp4"
+    ffmpeg("-i", str(footage / "A1_hdtf_bob_menendez_talking_8s.mp4"), "-t", "6", "-g", "300", "-c:v", "libx264",
+           "-preset", "ultrafast", "-c:a", "aac", str(one_gop))
+    rec = clip_record(one_gop)
+    geo = geometry(rec.probe, max_side=640)
+
+    def sample():
+        return list(iter_samples(rec.source, 0.5, rec.end_s, 3.0, geo))
+
+    whole = sample()
+    monkeypatch.setattr(frames, "DECODE_BUDGET_BYTES", 5 * geo.dec_w * geo.dec_h * 3)
+    chunked = sample()
+    assert len(whole) == len(chunked) > 10
+    assert [t for t, _ in whole] == [t for t, _ in chunked]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(whole, chunked))
+
+
 def test_ffmpeg_decoder_gives_the_same_decision(footage, stage_ctx, yunet_results):
     name = "A3_retalk_man_suit_talking_6s.mp4"
     stage = PersonStage(PersonParams(decoder="ffmpeg", body_check=False), stage_ctx())
