@@ -246,7 +246,7 @@ def diagnose_scenes(m, files: list[str], by_name: dict[str, Path]) -> dict:
         c0 = cpu_seconds()
         frames = [np.array(f) for f in iter_frames(str(path), fps=info.fps, size=(p.decode_width, None),
                                                    src_size=(info.width, info.height), pix_fmt="bgr24",
-                                                   threads=p.decode_threads)]
+                                                   threads=p.decode_threads, fast=p.fast_decode)]
         dec = cpu_seconds() - c0
         det = make_detector(p)
         c0 = cpu_seconds()
