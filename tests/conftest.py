@@ -29,6 +29,18 @@ def weights_dir() -> Path:
     return WEIGHTS
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch intra-op thread for a test module (two shared cores: no oversubscription with ffmpeg or the
+    DataLoader's workers; modules opt in with `pytestmark = pytest.mark.usefixtures("torch_one_thread")`)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def stage_ctx(weights_dir):
     """A StageContext as the pipeline builds it from the default manifest."""

@@ -61,13 +61,8 @@ def shards(tmp_path_factory) -> str:
     return str(make_shards(tmp_path_factory.mktemp("model-data")))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores also run the DataLoader workers' ffmpeg: one intra-op thread avoids oversubscription."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+# Two shared cores also run the DataLoader workers' ffmpeg: one intra-op thread avoids oversubscription.
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_batches_have_model_shapes_with_two_workers(shards):

@@ -22,14 +22,7 @@ D9 = "D9_silent_audio_track_face_5s.mp4"
 F3 = "F3_hdtf_rd_radio31_8s.wav"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
