@@ -26,6 +26,13 @@ def _strip_file(p: str) -> str:
     return p[len("file://"):] if p.startswith("file://") else p
 
 
+def absolute_path(path: str) -> str:
+    """A local path (or file:// URI) made absolute against this process's working directory; other URIs
+    unchanged. Workers of a cluster started with `ray start` run in their raylet's working directory, not the
+    driver's: a relative path handed to them would name another file there, or none."""
+    return path if _is_uri(path) else os.path.abspath(_strip_file(path))
+
+
 def _list_remote_dir(uri: str) -> list[str]:
     from pyarrow import fs
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from curation.audit import consolidate
 from curation.config import Manifest, Resources, load_manifest
-from curation.ingest import _is_uri, _strip_file, list_inputs
+from curation.ingest import absolute_path, list_inputs
 from curation.media import sweep_stale_temp_dirs
 from curation.output import Committer, OutputDir
 from curation.record import ClipRecord
@@ -365,13 +365,6 @@ def _external_cluster(address: str | None) -> bool:
     return (address or os.environ.get("RAY_ADDRESS") or "local") != "local"
 
 
-def _absolute(path: str) -> str:
-    """A local path made absolute against the driver's working directory (URIs unchanged). Workers open the
-    paths the driver hands them, and a worker of a cluster started with `ray start` runs in its raylet's working
-    directory, not the driver's: a relative path would name another file there, or none."""
-    return path if _is_uri(path) else os.path.abspath(_strip_file(path))
-
-
 @dataclass
 class RunResult:
     output: str
@@ -388,11 +381,11 @@ def run(input_path: str, output: str, manifest: str | Manifest | None = None, ad
         num_cpus: int | None = None) -> RunResult:
     t0 = time.time()
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-    wdir = _absolute(str(weights_dir(weights)))
+    wdir = absolute_path(str(weights_dir(weights)))
     check_weights(m, wdir)
     # On an existing cluster a relative input directory is made absolute (on a local Ray the workers share the
     # driver's working directory; sources there keep the paths, and so the keys, they always had).
-    sources = list_inputs(_absolute(input_path) if _external_cluster(address) else input_path)
+    sources = list_inputs(absolute_path(input_path) if _external_cluster(address) else input_path)
     out = OutputDir(output)
     out.create()
     _check_manifest_matches(out, m)
