@@ -335,7 +335,7 @@ def main() -> int:
     if fpath.exists():
         funnel = json.loads(fpath.read_text())
         sys.path.insert(0, str(ROOT))
-        from curation.report import print_funnel
+        from curation.report.terminal import print_funnel
 
         print()
         print_funnel(funnel)

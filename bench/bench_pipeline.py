@@ -152,7 +152,7 @@ def _totals(per: list[dict]) -> dict:
 
 def bench_stages(m, inputs: list[Path], warm_path: Path | None, log) -> tuple[dict, dict, list]:
     """Every enabled stage as a plain class, in order; per stage: init, then per-record process()."""
-    from curation.record import ClipRecord
+    from curation.engine.record import ClipRecord
     from stages import stage_class
     from stages.base import StageContext, cpu_seconds
 
@@ -232,7 +232,7 @@ def diagnose_scenes(m, files: list[str], by_name: dict[str, Path]) -> dict:
     import numpy as np
     from scenedetect import ContentDetector, detect
 
-    from curation.media import iter_frames, probe
+    from curation.media.ffmpeg import iter_frames, probe
     from stages.base import cpu_seconds
     from stages.scenes import make_detector
 
@@ -287,8 +287,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"), help="results JSON")
     args = ap.parse_args()
 
-    from curation.config import load_manifest
-    from curation.media import probe
+    from curation.engine.config import load_manifest
+    from curation.media.ffmpeg import probe
 
     def log(msg: str) -> None:
         print(msg, flush=True)

@@ -32,7 +32,7 @@ def main() -> None:
     import yaml
 
     from conftest import FOOTAGE, WEIGHTS, clip_record
-    from curation.config import load_manifest
+    from curation.engine.config import load_manifest
     from stages.base import StageContext, cpu_seconds
     from stages.person import PersonStage
     from stages.skeleton import SkeletonStage

@@ -106,7 +106,7 @@ def main() -> int:
     from conftest import FOOTAGE, WEIGHTS, clip_record
     from syncnet_python.syncnet_pipeline import SyncNetPipeline
 
-    from curation.config import load_manifest
+    from curation.engine.config import load_manifest
     from curation.weights import sha256_file
     from stages.base import StageContext, cpu_seconds
     from stages.person import PersonStage
@@ -181,7 +181,7 @@ def bench_landmarks(args) -> int:
     import torch
     from conftest import FOOTAGE, WEIGHTS, clip_record
 
-    from curation.config import load_manifest
+    from curation.engine.config import load_manifest
     from stages.base import StageContext, cpu_seconds
     from stages.person import PersonStage
     from stages.sync import SyncStage

@@ -15,10 +15,10 @@ def _fail(msg: str) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from curation.config import ManifestError
-    from curation.ingest import InputError
-    from curation.pipeline import RunError, run
-    from curation.report import print_funnel
+    from curation.engine.config import ManifestError
+    from curation.engine.ingest import InputError
+    from curation.engine.pipeline import RunError, run
+    from curation.report.terminal import print_funnel
     from curation.weights import WeightsMissing
 
     try:
@@ -38,7 +38,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from curation.report import report
+    from curation.report.terminal import report
 
     try:
         return report(a.dir, html=not a.no_html)
@@ -47,7 +47,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from curation.inspect import inspect_shard
+    from curation.formats.shards import inspect_shard
 
     try:
         return inspect_shard(a.shard, as_json=a.json)
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub) -> None:
     """Commands that live in their own modules (model, export)."""
     try:
-        from curation.model import cli as model_cli
+        from curation.dit import cli as model_cli
     except ImportError:
         model_cli = None
     if model_cli is not None:
@@ -149,7 +149,7 @@ def _add_optional_commands(sub) -> None:
             if hasattr(model_cli, name):
                 getattr(model_cli, name)(sub)
     try:
-        from curation import export
+        from curation.formats import talkverse as export
     except ImportError:
         export = None
     if export is not None and hasattr(export, "add_parser"):

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from curation.media import MediaError
-from curation.record import REJECTED, ClipRecord
+from curation.media.ffmpeg import MediaError
+from curation.engine.record import REJECTED, ClipRecord
 
 
 class Params(BaseModel):
@@ -209,7 +209,7 @@ class Stage:
         On the main thread (Ray tasks) a SIGALRM raises StageTimeout in the stage's code; on another thread
         (Ray Data actors run the UDF in a worker thread) a watchdog raises it asynchronously in that thread.
         Either interrupts Python code and blocking reads; ffmpeg subprocesses also have their own deadlines
-        (curation.media). Code stuck inside a native call never sees the exception: when the pipeline has set
+        (curation.media.ffmpeg). Code stuck inside a native call never sees the exception: when the pipeline has set
         `on_hard_timeout`, the watchdog records the verdict and kills the worker `hard_grace_s` later, and
         the retried batch rejects the clip as `timeout:<stage>` without running it again."""
         limit = self.ctx.timeout_s

@@ -11,7 +11,7 @@ Scores (audit columns) and reasons, checked in this order (the first failing one
     face_jitter     median centre move between consecutive samples / face height  -> face_unstable
 Also recorded: other_face_frac, other_body_frac, n_faces_max, n_bodies_max, person_samples.
 
-Hands to later stages (`rec.data`): `face_track` (curation.tracks contract: sampled-frame times in the source
+Hands to later stages (`rec.data`): `face_track` (curation.perception.tracks contract: sampled-frame times in the source
 timeline and the main face box per sampled frame, display pixels; `face_track_at(rec, fps)` interpolates) and
 `person_box` (union of the main face and of the body matched to it over the clip, clipped to the frame)."""
 
@@ -22,10 +22,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from curation.frames import geometry, iter_samples
-from curation.linking import Track, iou, link, main_track
-from curation.record import ClipRecord
-from curation.tracks import boxes_at, frame_times
+from curation.media.frames import geometry, iter_samples
+from curation.perception.linking import Track, iou, link, main_track
+from curation.engine.record import ClipRecord
+from curation.perception.tracks import boxes_at, frame_times
 from curation.weights import resolve
 from stages.base import Params, Stage
 
@@ -76,7 +76,7 @@ def _inside(pt, box) -> bool:
 def decide(times: list[float], faces: list[np.ndarray], bodies: list[list | None], width: int, height: int,
            p: PersonParams) -> dict:
     """The whole-clip decision from per-sample detections in display pixels.
-    faces[i]: (N, 5) [x0, y0, x1, y1, score]; bodies[i]: list of curation.bodies.Body, or None where the
+    faces[i]: (N, 5) [x0, y0, x1, y1, score]; bodies[i]: list of curation.perception.bodies.Body, or None where the
     body detector did not run on that sample (body_every > 1, body_check off).
     Returns {"scores": {...}, "track": Track | None, "person_box": [...] | None}."""
     n = len(times)
@@ -166,14 +166,14 @@ class PersonStage(Stage):
         """Models load once per stage instance (one Ray actor), on the first clip."""
         if self._faces is not None:
             return
-        from curation.faces import make_face_detector
+        from curation.perception.faces import make_face_detector
 
         p: PersonParams = self.params
         wname = "yunet" if p.face_backend == "yunet" else p.scrfd_model
         self._faces = make_face_detector(p.face_backend, str(resolve(wname, self.ctx.weights_dir, stage=self.name)),
                                          p.face_score, threads=p.threads, scrfd_input=p.scrfd_input)
         if p.body_check:
-            from curation.bodies import PoseBodies
+            from curation.perception.bodies import PoseBodies
 
             self._bodies = PoseBodies(str(resolve("pose_landmarker", self.ctx.weights_dir, stage=self.name)),
                                       num_poses=p.num_poses, min_detection=p.pose_score, min_presence=p.pose_score)

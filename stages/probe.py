@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from curation.media import MediaError, probe
-from curation.record import ClipRecord
+from curation.media.ffmpeg import MediaError, probe
+from curation.engine.record import ClipRecord
 from stages.base import Params, Stage
 
 

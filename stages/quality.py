@@ -21,10 +21,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from curation.frames import geometry, iter_samples
-from curation.imagequality import (exposure, frame_change, global_shift, laplacian_var, resize_short, to_gray)
-from curation.record import ClipRecord
-from curation.tracks import boxes_at, square_crop
+from curation.media.frames import geometry, iter_samples
+from curation.perception.imagequality import (exposure, frame_change, global_shift, laplacian_var, resize_short, to_gray)
+from curation.engine.record import ClipRecord
+from curation.perception.tracks import boxes_at, square_crop
 from curation.weights import resolve
 from stages.base import Params, Stage
 
@@ -101,7 +101,7 @@ class QualityStage(Stage):
                     f"downloaded at run time: put an open_clip checkpoint of {params.aesthetic_clip_arch} there, or set "
                     f"aesthetic_clip_path: null to turn the aesthetic score off")
         if params.aesthetic_clip_path and not params.aesthetic_clip_config:
-            from curation.aesthetic import HEAD_FOR_ARCH
+            from curation.perception.aesthetic import HEAD_FOR_ARCH
 
             want = HEAD_FOR_ARCH.get(params.aesthetic_clip_arch)
             if want and want != params.aesthetic_head:
@@ -118,12 +118,12 @@ class QualityStage(Stage):
         if p.threads:
             cv2.setNumThreads(p.threads)
         if p.brisque:
-            from curation.imagequality import Brisque
+            from curation.perception.imagequality import Brisque
 
             self._brisque = Brisque(resolve("brisque_model", self.ctx.weights_dir, stage=self.name),
                                     resolve("brisque_range", self.ctx.weights_dir, stage=self.name))
         if p.aesthetic_clip_path:
-            from curation.aesthetic import AestheticScorer
+            from curation.perception.aesthetic import AestheticScorer
 
             self.check_startup(p, self.ctx.weights_dir)
             self._aesthetic = AestheticScorer(

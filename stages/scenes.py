@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from curation.media import iter_frames
-from curation.record import ClipRecord
+from curation.media.ffmpeg import iter_frames
+from curation.engine.record import ClipRecord
 from stages.base import Params, Stage
 
 

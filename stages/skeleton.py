@@ -19,7 +19,7 @@ Backends:
 the person stage's crop box where nothing was found.
 
 Audit columns: pose_body_score, pose_face_score, pose_hand_score, pose_both_hands_frac,
-pose_out_of_frame_frac (curation.pose_npz.summarize), pose_frames, pose_backend. Optional thresholds
+pose_out_of_frame_frac (curation.formats.pose_npz.summarize), pose_frames, pose_backend. Optional thresholds
 (None = record only) reject with reason `low_pose_conf`. `preview: true` adds `pose.mp4` (skeleton drawn on
 the clip) to the sample."""
 
@@ -30,10 +30,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from curation import pose_npz
-from curation.media import iter_frames
-from curation.record import ClipRecord
-from curation.tracks import boxes_at, frame_times
+from curation.formats import pose_npz
+from curation.media.ffmpeg import iter_frames
+from curation.engine.record import ClipRecord
+from curation.perception.tracks import boxes_at, frame_times
 from curation.weights import resolve
 from stages.base import Params, Stage
 
@@ -101,12 +101,12 @@ class SkeletonStage(Stage):
         p: SkeletonParams = self.params
         paths = [str(resolve(n, self.ctx.weights_dir, stage=self.name)) for n in self.required_weights(p)]
         if p.backend == "dwpose":
-            from curation.dwpose import DWPoseWholebody
+            from curation.perception.dwpose import DWPoseWholebody
 
             self._model = DWPoseWholebody(*paths, score_thr=p.dwpose_det_thr, det_interval=p.dwpose_det_interval,
                                           threads=p.threads, use_gpu=self.ctx.use_gpu)
         else:
-            from curation.mp_wholebody import MediaPipeWholebody
+            from curation.perception.mp_wholebody import MediaPipeWholebody
 
             self._model = MediaPipeWholebody(
                 *paths, min_detection=p.min_detection, min_presence=p.min_presence, min_tracking=p.min_tracking,
@@ -190,7 +190,7 @@ class SkeletonStage(Stage):
             else:
                 self.check(rec, name, value, reason="low_pose_conf", **{kind: bound})
         if p.preview:
-            from curation.pose_preview import render
+            from curation.media.pose_preview import render
 
             rec.blobs["pose.mp4"] = render(rec.source, rec.start_s, kpts, boxes,
                                            (int(rec.probe["width"]), int(rec.probe["height"])), fps=self.ctx.fps,

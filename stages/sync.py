@@ -27,9 +27,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from curation.media import iter_frames, read_audio
-from curation.record import ClipRecord
-from curation.tracks import boxes_at, frame_times
+from curation.media.ffmpeg import iter_frames, read_audio
+from curation.engine.record import ClipRecord
+from curation.perception.tracks import boxes_at, frame_times
 from curation.weights import REGISTRY, resolve
 from stages.base import Params, Stage
 
@@ -81,7 +81,7 @@ class SyncStage(Stage):
     # -- models (once per actor) -------------------------------------------------------------------------
     def _get_vad(self):
         if self._vad is None:
-            from curation.speech import SileroVAD
+            from curation.perception.speech import SileroVAD
 
             self._vad = SileroVAD(str(resolve("silero_vad", self.ctx.weights_dir, stage=self.name)),
                                   threads=self.params.threads or 1)
@@ -89,7 +89,7 @@ class SyncStage(Stage):
 
     def _get_mouth(self):
         if self._mouth is None:
-            from curation.lipsignal import MouthTracker
+            from curation.perception.lipsignal import MouthTracker
 
             self._mouth = MouthTracker(str(resolve("face_landmarker", self.ctx.weights_dir, stage=self.name)))
         return self._mouth
@@ -98,7 +98,7 @@ class SyncStage(Stage):
         if self._syncnet is None:
             import torch
 
-            from curation.syncnet import FastSyncNet, load_syncnet
+            from curation.perception.syncnet import FastSyncNet, load_syncnet
 
             p: SyncParams = self.params
             if p.threads:
@@ -145,7 +145,7 @@ class SyncStage(Stage):
         return rec
 
     def _syncnet_offset(self, rec, audio, boxes, w, h):
-        from curation import syncnet as sn
+        from curation.perception import syncnet as sn
 
         p: SyncParams = self.params
         rects = sn.crop_rects(boxes)
@@ -160,7 +160,7 @@ class SyncStage(Stage):
         return res.offset, res.conf, p.syncnet_min_conf
 
     def _landmarks_offset(self, rec, audio, boxes, w, h):
-        from curation.lipsignal import face_crops, fill_gaps, lagged_ncc, offset_and_confidence, speech_envelope
+        from curation.perception.lipsignal import face_crops, fill_gaps, lagged_ncc, offset_and_confidence, speech_envelope
 
         p: SyncParams = self.params
         rects, region, out_size = face_crop_plan(boxes, w, h, p.landmarks_face_scale, p.landmarks_crop_px)

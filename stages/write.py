@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from curation.media import encode_clip
-from curation.record import ClipRecord
+from curation.media.ffmpeg import encode_clip
+from curation.engine.record import ClipRecord
 from stages.base import Params, Stage
 
 

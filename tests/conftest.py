@@ -64,8 +64,8 @@ def ffmpeg(*args: str) -> None:
 
 def source_record(path: Path | str, audio_path: str | None = None):
     """A probed source record (probe stage run for real) for stage tests without Ray."""
-    from curation.config import load_manifest
-    from curation.record import ClipRecord
+    from curation.engine.config import load_manifest
+    from curation.engine.record import ClipRecord
     from stages.base import StageContext
     from stages.probe import ProbeStage
 

@@ -62,8 +62,8 @@ def test_cluster_launcher_config_is_valid():
 # Model stages on GPU workers when the cluster has GPUs (plan_stages, no Ray needed)
 
 def test_gpu_requests_fitted_to_the_cluster():
-    from curation.config import load_manifest
-    from curation.pipeline import plan_stages
+    from curation.engine.config import load_manifest
+    from curation.engine.pipeline import plan_stages
 
     tv = load_manifest("talkverse")
     asked = {s.name: s.resources.num_gpus for s in tv.enabled_stages() if s.resources.num_gpus > 0}

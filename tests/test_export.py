@@ -109,8 +109,8 @@ def test_export_reencodes_other_rates_and_resamples_pose(pipeline_output, tmp_pa
     the skeleton resampled to the new frame count (nearest frame), the audio kept."""
     import webdataset as wds
 
-    from curation import pose_npz
-    from curation.output import OutputDir
+    from curation.formats import pose_npz
+    from curation.engine.output import OutputDir
 
     index = pd.read_parquet(pipeline_output / "index.parquet")
     row = index.iloc[0]

@@ -129,7 +129,7 @@ def fifo(tmp_path) -> Path:
 
 
 def test_a_file_that_hangs_the_decoder_times_out(fifo):
-    from curation.media import MediaError, iter_frames, probe
+    from curation.media.ffmpeg import MediaError, iter_frames, probe
 
     t0 = time.monotonic()
     with pytest.raises(MediaError) as e:

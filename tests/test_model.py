@@ -13,11 +13,11 @@ import pytest
 import torch
 import webdataset as wds
 
-from curation.model import cli
-from curation.model.configs import CONFIGS
-from curation.model.data import make_loader, mel_window, read_frames, read_wav
-from curation.model.flow import flow_loss
-from curation.model.train import build_state, model_inputs, save_checkpoint, train, train_step
+from curation.dit import cli
+from curation.dit.configs import CONFIGS
+from curation.dit.data import make_loader, mel_window, read_frames, read_wav
+from curation.dit.flow import flow_loss
+from curation.dit.train import build_state, model_inputs, save_checkpoint, train, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 FOOTAGE = Path(os.environ.get("CURATION_FOOTAGE", ROOT.parent / "shared" / "footage"))

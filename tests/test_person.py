@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from conftest import clip_record, ffmpeg
-from curation.bodies import Body
-from curation.config import load_manifest
-from curation.frames import geometry, iter_samples
-from curation.linking import link, main_track
-from curation.media import iter_frames
-from curation.record import KEPT, REJECTED
-from curation.tracks import boxes_at
+from curation.perception.bodies import Body
+from curation.engine.config import load_manifest
+from curation.media.frames import geometry, iter_samples
+from curation.perception.linking import link, main_track
+from curation.media.ffmpeg import iter_frames
+from curation.engine.record import KEPT, REJECTED
+from curation.perception.tracks import boxes_at
 from curation.weights import WeightsMissing
 from stages.person import PersonParams, PersonStage, decide, face_track_at
 
@@ -159,10 +159,10 @@ def test_rotated_source_is_decoded_upright(tmp_path, footage, stage_ctx):
 
 
 def test_decord_samples_do_not_depend_on_decode_chunks(tmp_path, footage, monkeypatch):
-    """curation.frames decodes a clip's samples in chunks and parks decord's reader between them (its
+    """curation.media.frames decodes a clip's samples in chunks and parks decord's reader between them (its
     decoder thread must not run ahead while the caller works): frames and times are the same however the
     span is cut into chunks (here 5 frames a chunk of a one-GOP file, so every later chunk starts mid-GOP)."""
-    import curation.frames as frames
+    import curation.media.frames as frames
 
     one_gop = tmp_path / "one_gop.mp4"
     ffmpeg("-i", str(footage / "A1_hdtf_bob_menendez_talking_8s.mp4"), "-t", "6", "-g", "300", "-c:v", "libx264",
@@ -190,7 +190,7 @@ def test_ffmpeg_decoder_gives_the_same_decision(footage, stage_ctx, yunet_result
 
 
 def test_missing_weights_fail_at_startup(tmp_path):
-    from curation.pipeline import check_weights
+    from curation.engine.pipeline import check_weights
 
     m = load_manifest()
     assert PersonStage.required_weights(m.params("person")) == ["yunet", "pose_landmarker"]

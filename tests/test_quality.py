@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import clip_record, ffmpeg
-from curation.config import load_manifest
-from curation.record import REJECTED
+from curation.engine.config import load_manifest
+from curation.engine.record import REJECTED
 from stages.base import StageContext
 from stages.person import PersonParams, PersonStage
 from stages.quality import QualityParams, QualityStage
@@ -158,8 +158,8 @@ def test_clip_aesthetic_against_the_head_formula(footage, weights_dir, person, t
     sc = stage.measure(rec)
     # independently: the saved model's image embedding (fresh model from the file), then w . e/|e| + b
     frames = []
-    from curation.frames import geometry, iter_samples
-    from curation.imagequality import resize_short
+    from curation.media.frames import geometry, iter_samples
+    from curation.perception.imagequality import resize_short
 
     geo = geometry(rec.probe, short_side=params.decode_short_side)
     for _, rgb in iter_samples(rec.source, rec.start_s, rec.end_s, params.sample_fps, geo):

@@ -180,7 +180,7 @@ def _split_commit(src: Path, dst: Path) -> tuple[list[str], list[str]]:
     """`dst`: an output directory as a run in progress leaves it: the first half of `src`'s sources committed,
     the second half's clips part written but its sources part still a temporary file, a shard being written,
     no funnel.json, no runs.jsonl. Returns (committed sources, uncommitted sources)."""
-    from curation.output import OutputDir
+    from curation.engine.output import OutputDir
 
     s_out, d_out = OutputDir(src), OutputDir(dst)
     d_out.create()
@@ -196,9 +196,9 @@ def _split_commit(src: Path, dst: Path) -> tuple[list[str], list[str]]:
 
 
 def test_report_on_run_in_progress(pipeline_output, tmp_path):
-    from curation.audit import funnel, read_runs
-    from curation.output import OutputDir
-    from curation.report_html import write_report
+    from curation.engine.audit import funnel, read_runs
+    from curation.engine.output import OutputDir
+    from curation.report.html import write_report
 
     d = tmp_path / "inprogress"
     first, second = _split_commit(pipeline_output, d)
@@ -257,7 +257,7 @@ def test_report_on_score_only_run(score_only_output, tmp_path):
     assert "talkcurate funnel" in p.stdout and "would:" in p.stdout
     f = json.loads((out / "audit" / "funnel.json").read_text())
     clips = pd.read_parquet(out / "audit" / "clips.parquet")
-    from curation.record import is_hard_reason
+    from curation.engine.record import is_hard_reason
 
     assert clips["shard"].isna().all() and not any((out / "shards").glob("*.tar"))  # no shards in score-only
     assert clips.loc[clips["status"] == "rejected", "reason"].map(is_hard_reason).all()  # no threshold applied

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from conftest import WEIGHTS, clip_record, ffmpeg
-from curation import pose_npz
-from curation import wholebody as wb
-from curation.record import REJECTED
-from curation.tracks import boxes_at, frame_times
+from curation.formats import pose_npz
+from curation.formats import wholebody as wb
+from curation.engine.record import REJECTED
+from curation.perception.tracks import boxes_at, frame_times
 from stages.base import StageContext
 from stages.skeleton import SkeletonParams, SkeletonStage, person_crop
 
@@ -229,7 +229,7 @@ def b1_right(tmp_path_factory, footage) -> Path:
 
 
 def test_face68_semantics_and_mirror_consistency(skeleton, b1_right, footage):
-    from curation.media import read_frames
+    from curation.media.ffmpeg import read_frames
 
     model = skeleton._load()
     a1 = read_frames(str(footage / "A1_hdtf_bob_menendez_talking_8s.mp4"), 2.0, 2.04, src_size=(512, 512))[0]
@@ -340,8 +340,8 @@ def test_coordinates_do_not_depend_on_the_crop(person, skeleton, footage):
 def test_shard_round_trip_read_the_talkverse_way(person, footage, tmp_path):
     import cv2
 
-    from curation.media import iter_frames, probe
-    from curation.output import Committer, OutputDir
+    from curation.media.ffmpeg import iter_frames, probe
+    from curation.engine.output import Committer, OutputDir
     from stages.write import WriteStage
 
     rec = person_record(person, footage / "A1_hdtf_bob_menendez_talking_8s.mp4", 2.0, 4.0)
@@ -461,7 +461,7 @@ def _tiny_models(d: Path) -> None:
 
 
 def test_dwpose_backend_with_tiny_onnx_models(person, footage, tmp_path):
-    from curation.media import output_size
+    from curation.media.ffmpeg import output_size
 
     _tiny_models(tmp_path)
     rec = person_record(person, footage / "A1_hdtf_bob_menendez_talking_8s.mp4", 3.0, 3.8)
@@ -489,8 +489,8 @@ def test_dwpose_backend_with_tiny_onnx_models(person, footage, tmp_path):
 
 
 def test_dwpose_without_weights_fails_at_start_up(tmp_path):
-    from curation.config import load_manifest
-    from curation.pipeline import check_weights
+    from curation.engine.config import load_manifest
+    from curation.engine.pipeline import check_weights
     from curation.weights import WeightsMissing
 
     raw = yaml.safe_load((Path(__file__).parent.parent / "manifests" / "default.yaml").read_text())

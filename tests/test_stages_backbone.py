@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import clip_record, ffmpeg, source_record
-from curation.config import load_manifest
-from curation.record import REJECTED
+from curation.engine.config import load_manifest
+from curation.engine.record import REJECTED
 from stages.scenes import ScenesParams, ScenesStage, shots_from_cuts
 from stages.write import WriteStage
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 @pytest.fixture(scope="module")
 def person_stage(weights_dir):
-    from curation.config import load_manifest
+    from curation.engine.config import load_manifest
     from stages.base import StageContext
     from stages.person import PersonStage
 
@@ -74,7 +74,7 @@ def negatives(tmp_path_factory, footage):
 
 @pytest.fixture(scope="module")
 def landmarks_stage(weights_dir):
-    from curation.config import load_manifest
+    from curation.engine.config import load_manifest
     from stages.base import StageContext
     from stages.sync import SyncStage
 
@@ -211,9 +211,9 @@ def a1_short(person_stage, footage):
 
 
 def _crops_and_audio(rec):
-    from curation import syncnet as sn
-    from curation.media import iter_frames, read_audio
-    from curation.tracks import boxes_at, frame_times
+    from curation.perception import syncnet as sn
+    from curation.media.ffmpeg import iter_frames, read_audio
+    from curation.perception.tracks import boxes_at, frame_times
 
     boxes = boxes_at(rec.data["face_track"], frame_times(rec.start_s, rec.end_s, 25))
     rects = sn.crop_rects(boxes)
@@ -229,7 +229,7 @@ def test_syncnet_fast_path_equals_syncnet_python(random_syncnet, a1_short, tmp_p
     from scipy.io import wavfile
     from syncnet_python.SyncNetInstance import SyncNetInstance
 
-    from curation import syncnet as sn
+    from curation.perception import syncnet as sn
 
     _, crops, audio = _crops_and_audio(a1_short)
     assert len(crops) == 60 and crops[0].shape == (224, 224, 3)
@@ -259,7 +259,7 @@ def test_syncnet_crops_match_syncnet_python_crop(a1_short, tmp_path):
     import cv2
     from syncnet_python.syncnet_pipeline import PipelineConfig, SyncNetPipeline
 
-    from curation import syncnet as sn
+    from curation.perception import syncnet as sn
 
     boxes, _, _ = _crops_and_audio(a1_short)
     (tmp_path / "fr").mkdir()
@@ -290,7 +290,7 @@ def test_syncnet_crops_match_syncnet_python_crop(a1_short, tmp_path):
 
 
 def test_syncnet_stage_end_to_end(random_syncnet, a1_short):
-    from curation.config import load_manifest
+    from curation.engine.config import load_manifest
     from stages.base import StageContext
     from stages.sync import SyncStage
 

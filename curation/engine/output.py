@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curation.record import KEPT, REJECTED, ClipRecord
+from curation.engine.record import KEPT, REJECTED, ClipRecord
 
 PART_RE = re.compile(r"^(clips|sources)-(\d{6})\.parquet$")
 SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")

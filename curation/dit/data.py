@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from ..media import FFMPEG
+from ..media.ffmpeg import FFMPEG
 from .configs import AUDIO_RATE, FPS, MEL_PER_FRAME, Config
 
 N_FFT = 400  # 25 ms window

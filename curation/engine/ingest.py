@@ -1,7 +1,7 @@
 """Ingest: turn --input (a directory, a file, or a list file) into source paths, optionally with external audio.
 
 Local paths and file:// URIs are read directly; other URIs (s3://, gs://, hdfs://...) are listed through
-pyarrow.fs and fetched to a node-local cache when a stage first opens them (curation.media.local_path)."""
+pyarrow.fs and fetched to a node-local cache when a stage first opens them (curation.media.ffmpeg.local_path)."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.audit import score_columns
-from curation.output import OutputDir
+from curation.engine.audit import score_columns
+from curation.engine.output import OutputDir
 
 TARGET_FPS = 25.0
 META_FIRST = ["video_path", "fps", "scenes", "dwpose_path", "num_frames", "key", "source", "start_s", "end_s",

@@ -1,7 +1,7 @@
 """argparse subcommands for the model: `train`, `sample` and `bench-model`.
 
 `curation/cli.py` wires them in with add_train_parser(subparsers) etc.; each sets `func(args)`.
-Run this file directly to try them standalone: python -m curation.model.cli train --help"""
+Run this file directly to try them standalone: python -m curation.dit.cli train --help"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 What it shows, all read from the commit log (audit/parts) so a run in progress or interrupted shows what is
 committed so far, and a `--score-only` run shows what each threshold would have dropped:
   - the funnel (sources → candidate clips → each stage → kept) in items and hours, as a chart and a table;
-    the numbers are those of `curation.audit.funnel` (what audit/funnel.json holds);
+    the numbers are those of `curation.engine.audit.funnel` (what audit/funnel.json holds);
   - rejections per stage and reason (counts and hours);
   - for every numeric score a histogram of kept vs rejected clips with the manifest threshold drawn as a line;
   - a contact sheet: a few middle-frame thumbnails per rejection reason and of kept clips, each labelled with
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curation.audit import funnel as compute_funnel
-from curation.audit import read_runs, score_columns
-from curation.output import PART_RE, OutputDir
-from curation.record import is_hard_reason
+from curation.engine.audit import funnel as compute_funnel
+from curation.engine.audit import read_runs, score_columns
+from curation.engine.output import PART_RE, OutputDir
+from curation.engine.record import is_hard_reason
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"
 
@@ -492,7 +492,7 @@ def score_histogram(state: RunState, score: str, ths: list[Threshold]) -> tuple[
 
 def thumbnail(source: str, t: float, height: int = 180, timeout: float = 30.0) -> str | None:
     """One frame at `t` seconds, square pixels, `height` px high, as a JPEG data URI; None if it fails."""
-    from curation.media import FFMPEG, SQUARE_PIXELS, local_path
+    from curation.media.ffmpeg import FFMPEG, SQUARE_PIXELS, local_path
 
     try:
         src = local_path(source)

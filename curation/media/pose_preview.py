@@ -8,8 +8,8 @@ import tempfile
 
 import numpy as np
 
-from curation.media import FFMPEG, MediaError, iter_frames
-from curation.wholebody import BODY_EDGES, FACE, HAND_EDGES
+from curation.media.ffmpeg import FFMPEG, MediaError, iter_frames
+from curation.formats.wholebody import BODY_EDGES, FACE, HAND_EDGES
 
 COLORS = {"body": (0, 255, 0), "face": (255, 255, 255), "left": (255, 128, 0), "right": (0, 160, 255),
           "box": (255, 0, 255)}

@@ -4,7 +4,7 @@ decoded at a reduced size (never a whole clip's frames at source size in memory)
 decord is used because it seeks to the sampled frames and converts only those to RGB, which is cheaper than
 piping every frame of the span through ffmpeg at the source rate. The sampled frames are resized here to the
 display aspect (squaring anamorphic pixels) and turned upright if decord did not apply the rotation: they come
-out in the same square-pixel display space as `curation.media.iter_frames` and the writer (so boxes found
+out in the same square-pixel display space as `curation.media.ffmpeg.iter_frames` and the writer (so boxes found
 here are valid downstream).
 
 decord's frames are decoded by a thread of their own in one tight pass (small batches, each resized at once, the
@@ -15,7 +15,7 @@ its reader pushes packets ahead while it waits for the first frame, and its deco
 those into full-size RGB frames while the caller works, memory held until the reader is destroyed
 (dmlc/decord #157, #208). Streamed to the person stage's detectors batch by batch, one 50-s clip of a 640x360
 source grew by ~0.8 GB that way and the stage took ~1.5 CPU-s more (5.3 instead of 3.8).
-If decord cannot open a file, the ffmpeg decode of `curation.media.iter_frames` with an fps filter is used."""
+If decord cannot open a file, the ffmpeg decode of `curation.media.ffmpeg.iter_frames` with an fps filter is used."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.media import iter_frames, local_path
+from curation.media.ffmpeg import iter_frames, local_path
 
 
 @dataclass(frozen=True)

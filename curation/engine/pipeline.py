@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.audit import consolidate
-from curation.config import Manifest, Resources, load_manifest
-from curation.ingest import absolute_path, list_inputs
-from curation.media import sweep_stale_temp_dirs
-from curation.output import Committer, OutputDir
-from curation.record import ClipRecord
+from curation.engine.audit import consolidate
+from curation.engine.config import Manifest, Resources, load_manifest
+from curation.engine.ingest import absolute_path, list_inputs
+from curation.media.ffmpeg import sweep_stale_temp_dirs
+from curation.engine.output import Committer, OutputDir
+from curation.engine.record import ClipRecord
 from curation.weights import resolve, weights_dir
 from stages import stage_class
 from stages.base import StageContext
@@ -157,7 +157,7 @@ def release_free_heap() -> None:
     a clip's frame buffers over its 16 arenas (8 per core), and with its dynamic mmap threshold buffers of a few
     MB are carved from those arenas rather than mapped on their own; what an arena frees stays resident. On the
     person actor (50-s clips of an hour-long source) 0.2-0.3 GB of freed memory stayed resident between clips
-    and crept up (over 1 GB while curation.frames still let decord read ahead); a trim takes ~20 ms."""
+    and crept up (over 1 GB while curation.media.frames still let decord read ahead); a trim takes ~20 ms."""
     global _libc_trim
     if _libc_trim is None:
         try:
@@ -291,7 +291,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Workers must import the project the same way as the driver (an editable install or a checkout).
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env_vars = {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env_vars.update({k: os.environ[k] for k in PASS_ENV if k in os.environ})
     env = {"env_vars": env_vars}

@@ -1,6 +1,6 @@
 """COCO-WholeBody keypoints from MediaPipe: PoseLandmarker (33 points), HandLandmarker (2 x 21) and
 FaceLandmarker (478) in VIDEO running mode, so each one tracks from frame to frame, converted with the
-tables of curation.wholebody. Built once per stage instance; `begin_clip()` between clips.
+tables of curation.formats.wholebody. Built once per stage instance; `begin_clip()` between clips.
 
 Scores. MediaPipe's outputs differ from DWPose's per-point confidences:
   body, feet  the pose landmark's `visibility` (probability that the point is in the image and unoccluded)
@@ -37,7 +37,7 @@ import atexit
 
 import numpy as np
 
-from curation.wholebody import (FACE, LEFT_HAND, N_KPTS, POSE33_HANDS, POSE33_HEAD, RIGHT_HAND,
+from curation.formats.wholebody import (FACE, LEFT_HAND, N_KPTS, POSE33_HANDS, POSE33_HEAD, RIGHT_HAND,
                                 body_feet_from_pose33, face68_from_mesh)
 
 

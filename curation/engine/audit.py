@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curation.output import OutputDir
+from curation.engine.output import OutputDir
 
 INDEX_COLUMNS = ["key", "shard", "source", "start_s", "end_s", "duration_s", "width", "height", "fps",
                  "n_frames", "audio_shift_frames"]

@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import torch
 
-from ..media import FFMPEG
+from ..media.ffmpeg import FFMPEG
 from .configs import FPS, Config
 from .data import SAMPLES_PER_FRAME, load_audio, mel_window, read_frames
 from .dit import DiT

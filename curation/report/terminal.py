@@ -1,4 +1,4 @@
-"""`curation report DIR`: the funnel as a table in the terminal (and the HTML report, curation.report_html)."""
+"""`curation report DIR`: the funnel as a table in the terminal (and the HTML report, curation.report.html)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def print_funnel(funnel: dict, console=None) -> None:
 def report(directory: str, html: bool = True) -> int:
     """Print the funnel of an output directory (rebuilt from the commit log, so a run in progress or
     interrupted shows what is done) and write DIR/report.html when the HTML report is available."""
-    from curation.audit import consolidate
-    from curation.output import OutputDir
+    from curation.engine.audit import consolidate
+    from curation.engine.output import OutputDir
 
     root = Path(directory)
     out = OutputDir(root)
@@ -58,7 +58,7 @@ def report(directory: str, html: bool = True) -> int:
     print_funnel(funnel)
     if html:
         try:
-            from curation.report_html import write_report
+            from curation.report.html import write_report
         except ImportError:
             return 0
         path = write_report(root)

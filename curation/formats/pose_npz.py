@@ -2,7 +2,7 @@
 
 `pose.npz` (numpy .npz, read with plain `np.load`) holds exactly two arrays:
     keypoints_info    float32 (T, 1, 133, 3): x, y in pixels of the written clip, score; COCO-WholeBody order
-                      (curation.wholebody); T = frames of the clip at 25 fps. A point not found is (0, 0, 0).
+                      (curation.formats.wholebody); T = frames of the clip at 25 fps. A point not found is (0, 0, 0).
     person_bbox_xyxy  float32 (T, 4): the person's box per frame, pixels of the written clip.
 
 `face_boxes` derives face boxes from keypoints 23-90 the way TalkVerse's loader does
@@ -17,7 +17,7 @@ import io
 
 import numpy as np
 
-from curation.wholebody import BODY, FACE, HANDS, LEFT_HAND, NOSE, RIGHT_HAND
+from curation.formats.wholebody import BODY, FACE, HANDS, LEFT_HAND, NOSE, RIGHT_HAND
 
 KEYS = ("keypoints_info", "person_bbox_xyxy")
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-MANIFEST_DIR = Path(__file__).resolve().parent.parent / "manifests"
+MANIFEST_DIR = Path(__file__).resolve().parents[2] / "manifests"
 
 
 class ManifestError(ValueError):

@@ -1,0 +1,1 @@
+"""File formats: COCO-WholeBody keypoints, DWPose npz, shard reading, the TalkVerse export."""

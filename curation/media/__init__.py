@@ -1,0 +1,1 @@
+"""Media I/O: ffmpeg/ffprobe, frame sampling, pose previews."""

@@ -1,0 +1,1 @@
+"""The audit's presentation: the terminal funnel and the HTML report."""
