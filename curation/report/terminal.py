@@ -57,10 +57,8 @@ def report(directory: str, html: bool = True) -> int:
     funnel = consolidate(root, stages)
     print_funnel(funnel)
     if html:
-        try:
-            from curation.report.html import write_report
-        except ImportError:
-            return 0
+        from curation.report.html import write_report
+
         path = write_report(root)
         print(f"report: {path}")
     return 0
