@@ -74,7 +74,7 @@ class PersonParams(Params):
     )
 
 
-def face_track_at(rec: ClipRecord, fps: float = 25.0) -> np.ndarray:
+def face_track_at(rec: ClipRecord, fps: float) -> np.ndarray:
     """The main face box at every frame of the clip resampled to `fps` ((N, 4), display pixels)."""
     return boxes_at(rec.data["face_track"], frame_times(rec.start_s, rec.end_s, fps))
 
@@ -135,7 +135,7 @@ def decide(times: list[float], faces: list[np.ndarray], bodies: list[list | None
         "other_face_frac": float(other_face.mean()),
         # body shares over the samples the body detector ran on; multi_frac: the larger of the face-only share
         # (all samples) and the face-or-body share (samples with bodies)
-        "other_body_frac": float(other_body[body_seen].mean()) if body_seen.any() else 0.0,
+        "other_body_frac": float(other_body[body_seen].mean()) if body_seen.any() else None,  # not measured
         "multi_frac": float(max(other_face.mean(),
                                 (other_face | other_body)[body_seen].mean() if body_seen.any() else 0.0)),
         "face_px": med_h,

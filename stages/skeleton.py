@@ -1,8 +1,8 @@
 """Skeleton: COCO-WholeBody keypoints (133 per frame) on every frame of each kept clip at 25 fps, written into
 the shard sample as `pose.npz` the way TalkVerse stores DWPose output (curation/pose_npz.py).
 
-Each clip is decoded once, at 25 fps exactly as the writer cuts it (same seek, same fps filter, first T =
-round((end_s - start_s) * 25) frames), cropped to the person stage's person box grown by `crop_margin` and
+Each clip is decoded once, at the video rate exactly as the writer cuts it (same seek, same fps filter, first
+T = round((end_s - start_s) * fps) frames), cropped to the person stage's person box grown by `crop_margin` and
 scaled to at most `work_size` pixels on its longer side. Keypoints are mapped back to the written clip's
 pixels (the writer does not resize: clip pixels = the source's square-pixel display pixels).
 
@@ -15,7 +15,7 @@ Backends:
                        directory; missing files fail the run at start-up, naming the files and their URLs.
 
 `person_bbox_xyxy`: dwpose, the YOLOX box of the person; mediapipe, the box around the frame's keypoints
-(score above `kpt_thr`, inside the frame) and the face track's box, grown by 10 % and clipped to the frame;
+(score above `kpt_thr`, inside the frame) and the face track's box, grown by `bbox_grow` (10 %) and clipped to the frame;
 the person stage's crop box where nothing was found.
 
 Audit columns: pose_body_score, pose_face_score, pose_hand_score, pose_both_hands_frac,
