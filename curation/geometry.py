@@ -58,6 +58,13 @@ def points_box(points: np.ndarray, width: int, height: int, grow: float = 0.0) -
     return [float(v) for v in clip(expand((x0, y0, x1, y1), grow), width, height)]
 
 
+def square(box: Box, scale: float) -> tuple[float, float, float]:
+    """(x0, y0, side) of a square `scale` times the larger side of `box`, centred on it (not clipped)."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * scale
+    return (x0 + x1) / 2 - side / 2, (y0 + y1) / 2 - side / 2, side
+
+
 def square_crop(box: Box, scale: float, width: int, height: int) -> tuple[int, int, int, int]:
     """An (x, y, w, h) square crop centred on `box`, `scale` times its larger side, clipped to the frame."""
     x0, y0, x1, y1 = box

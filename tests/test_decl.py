@@ -3,14 +3,13 @@ the report reading it), manifest inheritance, the geometry helpers; and the audi
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import clip_record, ffmpeg, source_record
+from conftest import clip_record, ffmpeg
 
 from curation import geometry
 from curation.engine import thresholds
@@ -177,6 +176,7 @@ def test_geometry():
     pts = np.array([[10.0, 10.0], [30.0, 50.0]])
     assert geometry.points_box(pts, 100, 100, 0.1) == pytest.approx([8.0, 6.0, 32.0, 54.0])
     assert geometry.points_box(pts[:0], 100, 100) is None
+    assert geometry.square([100, 100, 140, 180], 1.5) == (60.0, 80.0, 120.0)
     assert geometry.square_crop([100, 100, 140, 180], 1.0, 640, 360) == (80, 100, 80, 80)
     assert geometry.square_crop([0, 0, 40, 80], 2.0, 640, 360) == (0, 0, 160, 160)  # kept inside the frame
     x, y, w, h = geometry.even_crop([101.3, 50.2, 301.7, 250.9], 0.15, 320, 240)

@@ -295,7 +295,7 @@ def test_a1_full_clip(a1_full):
     assert arrays["keypoints_info"].shape[0] == 200
     check_clip(rec, arrays)
     s = rec.scores
-    assert s["pose_frames"] == 200 and s["pose_backend"] == "mediapipe"
+    assert s["pose_frames"] == 200 and rec.labels["pose_backend"] == "mediapipe"
     assert s["pose_face_score"] > 0.9 and s["pose_out_of_frame_frac"] == 0.0
     assert s["pose_both_hands_frac"] == 0.0 and s["pose_hand_score"] == 0.0  # HDTF crop: no hands in view
     assert 0.2 < s["pose_body_score"] < 0.8  # head and shoulders seen, hips and legs below the frame
@@ -471,7 +471,7 @@ def test_dwpose_backend_with_tiny_onnx_models(person, footage, tmp_path):
     finally:
         stage.close()
     k, box = arrays["keypoints_info"][:, 0], arrays["person_bbox_xyxy"]
-    assert k.shape == (20, 133, 3) and rec.scores["pose_backend"] == "dwpose"
+    assert k.shape == (20, 133, 3) and rec.labels["pose_backend"] == "dwpose"
     cx, cy, cw, ch = person_crop(rec, SkeletonParams().crop_margin)
     fw, fh = output_size(cw, ch, min(512, cw), min(512, ch))
     r = 640 / max(fw, fh)  # letterbox ratio of the working frame into 640 x 640

@@ -37,15 +37,9 @@ import atexit
 
 import numpy as np
 
+from curation import geometry
 from curation.formats.wholebody import (FACE, LEFT_HAND, N_KPTS, POSE33_HANDS, POSE33_HEAD, RIGHT_HAND,
                                 body_feet_from_pose33, face68_from_mesh)
-
-
-def square_box(box, scale: float) -> tuple[float, float, float]:
-    """(x0, y0, side) of a square `scale` times the larger side of `box`, centred on it."""
-    x0, y0, x1, y1 = box
-    side = max(x1 - x0, y1 - y0) * scale
-    return (x0 + x1) / 2 - side / 2, (y0 + y1) / 2 - side / 2, side
 
 
 def crop_square(rgb: np.ndarray, x0: float, y0: float, side: float, out: int) -> np.ndarray:
@@ -153,7 +147,7 @@ class MediaPipeWholebody:
 
         have_box = face_box is not None and np.all(np.isfinite(face_box))
         if have_box:
-            x0, y0, side = square_box(face_box, face_scale)
+            x0, y0, side = geometry.square(face_box, face_scale)
             fimg = self._image(crop_square(rgb, x0, y0, side, self.face_crop_size))
         else:
             x0, y0, side, fimg = 0.0, 0.0, None, img
