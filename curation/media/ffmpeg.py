@@ -221,6 +221,17 @@ def read_audio(path: str, start_s: float = 0.0, end_s: float | None = None, rate
 SQUARE_PIXELS = "scale=trunc(iw*sar/2)*2:trunc(ih/2)*2,setsar=1"
 
 
+def jpeg_frame(path: str, t: float, height: int = 180, timeout: float = 30.0) -> bytes:
+    """One frame at `t` seconds as a JPEG: square pixels, at most `height` px high (the report's thumbnails)."""
+    cmd = [FFMPEG, "-nostdin", "-v", "error", "-ss", f"{max(0.0, t):.3f}", "-i", local_path(path), "-frames:v", "1",
+           "-vf", f"{SQUARE_PIXELS},scale=-2:'min({height},ih)'", "-f", "image2", "-c:v", "mjpeg", "-q:v", "5",
+           "pipe:1"]
+    out = _run(cmd, timeout, "thumbnail")
+    if not out.startswith(b"\xff\xd8"):
+        raise MediaError("unreadable", "no frame decoded")
+    return out
+
+
 def scale_filter(width: int | None, height: int | None) -> str:
     """Scale keeping aspect ratio to fit inside width x height (even sizes)."""
     if width and height:

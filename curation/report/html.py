@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,22 +421,13 @@ def score_histogram(state: RunState, score: str, ths: list[Threshold]) -> tuple[
 
 def thumbnail(source: str, t: float, height: int = 180, timeout: float = 30.0) -> str | None:
     """One frame at `t` seconds, square pixels, `height` px high, as a JPEG data URI; None if it fails."""
-    from curation.media.ffmpeg import FFMPEG, SQUARE_PIXELS, local_path
+    from curation.media.ffmpeg import MediaError, jpeg_frame
 
     try:
-        src = local_path(source)
-    except Exception:
+        jpeg = jpeg_frame(source, t, height, timeout)
+    except (MediaError, OSError, ValueError):  # a source gone or unreadable (pyarrow: OSError, ValueError): no picture
         return None
-    cmd = [FFMPEG, "-nostdin", "-v", "error", "-ss", f"{max(0.0, t):.3f}", "-i", src, "-frames:v", "1",
-           "-vf", f"{SQUARE_PIXELS},scale=-2:'min({height},ih)'", "-f", "image2", "-c:v", "mjpeg", "-q:v", "5",
-           "pipe:1"]
-    try:
-        p = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    if p.returncode != 0 or not p.stdout.startswith(b"\xff\xd8"):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(p.stdout).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
 def _fmt(v: Any) -> str:
