@@ -56,6 +56,10 @@ def report(directory: str, html: bool = True) -> int:
                   if s.get("enabled", True)]
     funnel = consolidate(root, stages)
     print_funnel(funnel)
+    from curation.engine.runlog import status
+
+    st = status(out)
+    print(f"status: {st.text} ({st.why})")
     if html:
         try:
             from curation.report.html import write_report
