@@ -44,7 +44,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from curation.report.terminal import report
 
     try:
-        return report(a.dir, html=not a.no_html)
+        return report(a.dir, html=not a.no_html, table=not a.no_table)
     except FileNotFoundError as e:
         return _fail(str(e))
 
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or interrupted) and write a self-contained DIR/report.html.")
     p.add_argument("dir", metavar="DIR", help="an output directory of `curation run`")
     p.add_argument("--no-html", action="store_true", help="only print the table")
+    p.add_argument("--no-table", action="store_true",
+                   help="print only the status and the report's path (`curation run` has printed the funnel)")
     p.set_defaults(func=cmd_report)
 
     i = sub.add_parser("inspect", help="list the samples of a shard",

@@ -438,3 +438,17 @@ def test_nothing_is_written_outside_the_output_directory(corpus_run):
     top = {p.name for p in corpus_run["out"].iterdir()}
     assert top == {"shards", "audit", "index.parquet", "manifest.yaml", "logs"}  # logs/run.log: the libraries' lines
     assert not [p for d in (corpus_run["input"].parent, corpus_run["cwd"]) for p in d.rglob("pwned")]
+
+
+def test_terminal_shows_progress_and_the_libraries_log_to_a_file(corpus_run):
+    """What `curation run` printed (run_ok's log is its stdout and stderr): our own lines only, progress among
+    them; Ray's and the codecs' lines are in DIR/logs/run.log."""
+    term = (corpus_run["out"].parent / "run.log").read_text(errors="replace").splitlines()
+    progress = [ln for ln in term if ln.startswith(("progress:", "done:"))]
+    assert len(progress) >= 2 and "ETA" in progress[0], term[:10]
+    assert progress[-1].startswith("done:") and f"sources {len(corpus_run['cases'])}/" in progress[-1]
+    assert len(term) < 40, "\n".join(term)
+    for noise in ("INFO", "WARNING", "core_worker", "logging_progress", "(pid=", "Deprecat"):
+        assert not [ln for ln in term if noise in ln], noise
+    log = (corpus_run["out"] / "logs" / "run.log").read_text(errors="replace")
+    assert "Started a local Ray instance" in log and "logging_progress" in log

@@ -7,7 +7,8 @@ forwards to the driver) go to DIR/logs/run.log, and the terminal shows only this
 `verbose` the same lines also reach the terminal (a tee). The pipeline reports every finished record with
 `record(rec)`: the display shows sources and clips done, the footage kept, each stage's rate (footage
 seconds per CPU second, from the records' own timings) and an ETA. On a terminal it is a live rich line;
-piped (`make demo | tee`) it is a plain line at most every PLAIN_EVERY_S seconds.
+piped (`make demo | tee`) it is a plain line each time another tenth of the sources is done (at most one
+per PLAIN_MIN_S), and one after PLAIN_QUIET_S without any, so a log stays short whatever the run's length.
 
 Outside a session (a run from Python, the tests) every call here is a no-op."""
 
@@ -20,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-PLAIN_EVERY_S = 30.0
+PLAIN_MIN_S = 10.0
+PLAIN_QUIET_S = 120.0
 LOG_NAME = "logs/run.log"
 
 _active: "Session | None" = None
@@ -41,6 +43,7 @@ class Stats:
     def __init__(self, n_sources: int = 0):
         self.n_sources = n_sources
         self.t0 = time.time()
+        self.t_first: float | None = None  # when the first source was done (the pipeline full from then on)
         self.siblings: dict[str, int] = {}  # source -> clips received
         self.done_sources = 0
         self.clips = 0
@@ -50,6 +53,12 @@ class Stats:
         self.stage_footage: dict[str, float] = {}
 
     def add(self, rec) -> None:
+        before = self.done_sources
+        self._add(rec)
+        if self.done_sources and not before:
+            self.t_first = time.time()
+
+    def _add(self, rec) -> None:
         if rec.clip_index < 0:
             self.done_sources += 1
         else:
@@ -73,10 +82,13 @@ class Stats:
             self.stage_footage[stage] = self.stage_footage.get(stage, 0.0) + footage
 
     def eta_s(self) -> float | None:
-        if not self.done_sources or not self.n_sources:
+        """From the rate since the first source was done (before it the pipeline was filling up)."""
+        if self.done_sources >= self.n_sources:
+            return 0.0
+        if self.done_sources < 2 or self.t_first is None:
             return None
-        el = time.time() - self.t0
-        return el / self.done_sources * max(0, self.n_sources - self.done_sources)
+        rate = (self.done_sources - 1) / max(1e-6, time.time() - self.t_first)
+        return (self.n_sources - self.done_sources) / rate
 
     def line(self) -> str:
         eta = self.eta_s()
@@ -120,6 +132,10 @@ class Session:
         self._tee: _Tee | None = None
         self._log = None
         self._last_plain = 0.0
+        self._last_decile = -1
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._lock = threading.Lock()
         self._wfd: int | None = None
 
     # -- the terminal ---------------------------------------------------------------------------------
@@ -155,27 +171,48 @@ class Session:
         self.console.print(f"curation run: {self.stats.n_sources} source(s) to process; library logs: "
                            f"{self.log_path}" + ("" if self.verbose else " (-v shows them here)"))
         self.refresh(force=True)
+        # between records too (the first clip arrives only once it has passed every stage): the elapsed time,
+        # and piped, a line after PLAIN_QUIET_S without one
+        self._ticker = threading.Thread(target=self._tick, daemon=True, name="talkcurate-progress")
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0 if self.live is not None else 5.0):
+            self.refresh()
 
     def record(self, rec) -> None:
-        self.stats.add(rec)
-        self.refresh()
+        with self._lock:
+            self.stats.add(rec)
+            self._refresh(False)
 
     def refresh(self, force: bool = False) -> None:
+        with self._lock:
+            self._refresh(force)
+
+    def _refresh(self, force: bool) -> None:
         if self.console is None:
             return
         if self.live is not None:
             self.live.update(self.task, completed=self.stats.done_sources, info=self.stats.line())
-        elif force or time.time() - self._last_plain >= PLAIN_EVERY_S:
-            self._last_plain = time.time()
-            self.console.print("progress: " + self.stats.line())
+        else:
+            st = self.stats
+            decile = (10 * st.done_sources) // max(1, st.n_sources)
+            since = time.time() - self._last_plain
+            if force or (decile > self._last_decile and since >= PLAIN_MIN_S) or since >= PLAIN_QUIET_S:
+                self._last_plain = time.time()
+                self._last_decile = decile
+                self.console.print("progress: " + st.line(), soft_wrap=True)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=10)
         if self.console is not None:
             if self.live is not None:
                 self.live.update(self.task, completed=self.stats.done_sources, info=self.stats.line())
                 self.live.stop()
             elif self.stats.done_sources:
-                self.console.print("progress: " + self.stats.line())
+                self.console.print("done:     " + self.stats.line(), soft_wrap=True)
         if not self.saved:
             return
         with contextlib.suppress(Exception):
