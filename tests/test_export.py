@@ -241,7 +241,9 @@ def test_export_reads_in_talkverse_roi_loader(pipeline_output, tmp_path, monkeyp
         got = roi_loader_reads(row, base_path=str(dest))
         assert got["video_id"] == row["key"]
         assert Path(got["pose"]).resolve() == (dest / "openhumanvid" / "dwpose" / f"{row['key']}.npz").resolve()
-        assert Path(got["text"]).resolve() == (dest / "openhumanvid" / "text_embeddings" / f"{row['key']}.pt").resolve()
+        # the caption embeddings: always under the working directory (from elsewhere, the trainer's
+        # text_embedding_path must name DEST/openhumanvid/text_embeddings, as the README says)
+        assert Path(got["text"]).resolve() == (cwd / "openhumanvid" / "text_embeddings" / f"{row['key']}.pt").resolve()
         info = ffprobe_video(Path(got["video"]))
         assert info["fps"] == 25.0 and float(row["fps"]) == 25.0  # asserted by the loader
         assert info["acodec"] == "aac"  # it skips a video without audio

@@ -142,7 +142,11 @@ class Exporter:
             raise ExportError(f"{self.out.root}: no committed clips yet")
         kept = clips[(clips["status"] == "kept") & clips["shard"].notna()]
         if kept.empty:
-            raise ExportError(f"{self.out.root}: no kept clip in a shard (a --score-only run writes no shards)")
+            if (clips["status"] == "kept").any():  # kept without a shard: a --score-only run
+                raise ExportError(f"{self.out.root}: no kept clip in a shard (a --score-only run writes no shards)")
+            reasons = clips["reason"].value_counts().head(3)
+            raise ExportError(f"{self.out.root}: no clip was kept ({len(clips)} rejected; most often: "
+                              + ", ".join(f"{r} {n}" for r, n in reasons.items()) + "); see `curation report`")
         return kept.set_index("key", drop=False)
 
     # -- one shard, streamed -------------------------------------------------------------------------

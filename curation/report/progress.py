@@ -7,8 +7,9 @@ forwards to the driver) go to DIR/logs/run.log, and the terminal shows only this
 `verbose` the same lines also reach the terminal (a tee). The pipeline reports every finished record with
 `record(rec)`: the display shows sources and clips done, the footage kept, each stage's rate (footage
 seconds per CPU second, from the records' own timings) and an ETA. On a terminal it is a live rich line;
-piped (`make demo | tee`) it is a plain line each time another tenth of the sources is done (at most one
-per PLAIN_MIN_S), and one after PLAIN_QUIET_S without any, so a log stays short whatever the run's length.
+piped (`make demo | tee`) it is a plain line each time another fifth of the sources is done (at most one
+per PLAIN_MIN_S), and one after a quiet spell (PLAIN_QUIET_S, doubling after each such line), so a log
+stays short whatever the run's length (about a dozen lines for an hour).
 
 Outside a session (a run from Python, the tests) every call here is a no-op."""
 
@@ -133,6 +134,7 @@ class Session:
         self._log = None
         self._last_plain = 0.0
         self._last_decile = -1
+        self._quiet_s = PLAIN_QUIET_S
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -196,11 +198,13 @@ class Session:
             self.live.update(self.task, completed=self.stats.done_sources, info=self.stats.line())
         else:
             st = self.stats
-            decile = (10 * st.done_sources) // max(1, st.n_sources)
+            step = (5 * st.done_sources) // max(1, st.n_sources)
             since = time.time() - self._last_plain
-            if force or (decile > self._last_decile and since >= PLAIN_MIN_S) or since >= PLAIN_QUIET_S:
+            stepped = step > self._last_decile and since >= PLAIN_MIN_S
+            if force or stepped or since >= self._quiet_s:
+                self._quiet_s = PLAIN_QUIET_S if (stepped or force) else 2 * self._quiet_s
                 self._last_plain = time.time()
-                self._last_decile = decile
+                self._last_decile = step
                 self.console.print("progress: " + st.line(), soft_wrap=True)
 
     def close(self) -> None:
