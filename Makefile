@@ -33,8 +33,8 @@ install: ffmpeg $(VENV)/.installed
 
 demo: install
 	@echo "running the pipeline on $(CURATION_FOOTAGE) with local Ray -> $(DEMO_OUT)"
-	time $(VENV)/bin/curation run --input "$(CURATION_FOOTAGE)" --output "$(DEMO_OUT)"
-	$(VENV)/bin/curation report "$(DEMO_OUT)"
+	@$(VENV)/bin/curation run --input "$(CURATION_FOOTAGE)" --output "$(DEMO_OUT)"
+	@$(VENV)/bin/curation report "$(DEMO_OUT)" --no-table
 	@echo "shards: $(DEMO_OUT)/shards   index: $(DEMO_OUT)/index.parquet   audit: $(DEMO_OUT)/audit   report: $(DEMO_OUT)/report.html"
 
 test: install

@@ -18,22 +18,25 @@ def cmd_run(a: argparse.Namespace) -> int:
     from curation.engine.config import ManifestError
     from curation.engine.ingest import InputError
     from curation.engine.pipeline import RunError, run
+    from curation.engine.preflight import PreflightError
+    from curation.report import progress
     from curation.report.terminal import print_funnel
     from curation.weights import WeightsMissing
 
     try:
-        res = run(a.input, a.output, a.manifest, address=a.address, limit=a.limit, score_only=a.score_only,
-                  weights=a.weights, num_cpus=a.num_cpus)
-    except (ManifestError, InputError, WeightsMissing, RunError) as e:
+        with progress.session(verbose=a.verbose) as display:
+            res = run(a.input, a.output, a.manifest, address=a.address, limit=a.limit, score_only=a.score_only,
+                      weights=a.weights, num_cpus=a.num_cpus)
+    except (ManifestError, InputError, WeightsMissing, RunError, PreflightError) as e:
         return _fail(str(e))
     print_funnel(res.funnel)
     if res.recovered:
         print(f"recovered from an interrupted run: {json.dumps(res.recovered)}")
+    out = Path(res.output)
     print(f"sources: {res.new_sources} processed, {res.skipped_sources} already done; "
           f"{res.committed_clips} clips written in {res.wall_s:.1f} s")
-    print(f"shards:  {Path(res.output) / 'shards'}")
-    print(f"index:   {Path(res.output) / 'index.parquet'}")
-    print(f"audit:   {Path(res.output) / 'audit'}  (curation report {res.output})")
+    print(f"output:  {out}: shards/, index.parquet, audit/ (curation report {res.output})"
+          + (f"; logs: {display.log_path}" if display.log_path else ""))
     return 0
 
 
@@ -41,7 +44,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from curation.report.terminal import report
 
     try:
-        return report(a.dir, html=not a.no_html)
+        return report(a.dir, html=not a.no_html, table=not a.no_table)
     except FileNotFoundError as e:
         return _fail(str(e))
 
@@ -56,18 +59,22 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def cmd_weights(a: argparse.Namespace) -> int:
-    from curation.weights import REGISTRY, fetch, sha256_file, weights_dir
+    from curation.weights import REGISTRY, check_file, fetch, local_path, weights_dir
 
     d = weights_dir(a.weights)
     if a.action == "list":
         print(f"weights directory: {d}")
+        bad = 0
         for w in REGISTRY.values():
-            p = d / w.path
-            state = "present" if p.is_file() else "missing"
-            if p.is_file() and a.verify and w.sha256:
-                state = "ok" if sha256_file(p) == w.sha256 else "SHA256 MISMATCH"
-            print(f"  {w.name:22s} {state:16s} {w.path:48s} {w.license}  [{w.used_by}]")
-        return 0
+            p = local_path(w.name, d)
+            c = check_file(w.name, p)
+            state = {"missing": "missing", "sha256": "ok: sha256", "bundle": "ok: bundle",
+                     "none": "present"}[c.kind] if c.ok or c.kind == "missing" else "FAILED"
+            bad += (not c.ok and c.kind != "missing")
+            rel = p.relative_to(d).as_posix() if p.is_relative_to(d) else str(p)
+            print(f"  {w.name:20s} {state:11s} {rel:46s} {c.detail if c.kind != 'missing' else w.license}"
+                  f"  [{w.used_by}]")
+        return 1 if bad else 0
     if not a.name:
         return _fail("weights fetch needs a NAME (see `curation weights list`)")
     if a.name not in REGISTRY:
@@ -76,7 +83,7 @@ def cmd_weights(a: argparse.Namespace) -> int:
         p = fetch(a.name, d)
     except RuntimeError as e:
         return _fail(str(e))
-    print(f"{a.name}: {p}")
+    print(f"{a.name}: {p} ({check_file(a.name, p).detail})")
     return 0
 
 
@@ -117,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or interrupted) and write a self-contained DIR/report.html.")
     p.add_argument("dir", metavar="DIR", help="an output directory of `curation run`")
     p.add_argument("--no-html", action="store_true", help="only print the table")
+    p.add_argument("--no-table", action="store_true",
+                   help="print only the status and the report's path (`curation run` has printed the funnel)")
     p.set_defaults(func=cmd_report)
 
     i = sub.add_parser("inspect", help="list the samples of a shard",
@@ -127,11 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("weights", help="list or fetch the pretrained weight files",
                        description="`list` shows which weight files are present in the weights directory; "
-                                   "`fetch NAME` downloads one from its official URL and checks its sha256.")
+                                   "and which check each passed (a known sha256, or for MediaPipe bundles whose official hash is not "
+                                   "known here the bundle's structure); `fetch NAME` downloads one from its "
+                                   "official URL and checks it the same way.")
     w.add_argument("action", choices=["list", "fetch"], help="list, or fetch NAME")
     w.add_argument("name", nargs="?", help="the weight file to fetch (a name from `list`)")
     w.add_argument("--weights", metavar="DIR", default=None, help="weights directory (as for run)")
-    w.add_argument("--verify", action="store_true", help="with list: check every present file's sha256")
+    w.add_argument("--verify", action="store_true", help="(kept for scripts: `list` always checks every file)")
     w.set_defaults(func=cmd_weights)
 
     _add_optional_commands(sub)

@@ -76,12 +76,14 @@ def square_crop(box: Box, scale: float, width: int, height: int) -> tuple[int, i
     return x, y, max(2, side), max(2, side)
 
 
-def even_crop(box: Box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the box grown by `margin` of its size on each side, clipped to the frame, with even
-    sides (what a yuv420 decoder crops) and at least 2 pixels."""
+def even_crop(box: Box, margin: float, width: int, height: int, top_margin: float | None = None
+              ) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the box grown by `margin` of its size on each side (at least `top_margin` above, when
+    given), clipped to the frame, with even sides (what a yuv420 decoder crops) and at least 2 pixels."""
     x0, y0, x1, y1 = [float(v) for v in box]
     mw, mh = (x1 - x0) * margin, (y1 - y0) * margin
-    x0, y0 = max(0, int(np.floor(x0 - mw))), max(0, int(np.floor(y0 - mh)))
+    top = mh if top_margin is None else (y1 - y0) * max(margin, top_margin)
+    x0, y0 = max(0, int(np.floor(x0 - mw))), max(0, int(np.floor(y0 - top)))
     x1, y1 = min(width, int(np.ceil(x1 + mw))), min(height, int(np.ceil(y1 + mh)))
     w, h = max(2, (x1 - x0) // 2 * 2), max(2, (y1 - y0) // 2 * 2)
     return min(x0, width - w), min(y0, height - h), w, h

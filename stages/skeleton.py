@@ -14,9 +14,12 @@ Backends:
   dwpose               DWPose's YOLOX-L + dw-ll_ucoco_384 ONNX models (curation/dwpose.py) from the weights
                        directory; missing files fail the run at start-up, naming the files and their URLs.
 
-`person_bbox_xyxy`: dwpose, the YOLOX box of the person; mediapipe, the box around the frame's keypoints
-(score above `kpt_thr`, inside the frame) and the face track's box, grown by `bbox_grow` (10 %) and clipped to the frame;
-the person stage's crop box where nothing was found.
+`person_bbox_xyxy`: dwpose, the YOLOX box of the person; mediapipe (`person_box: mask`, the default), the box
+of the pose model's person segmentation mask (pixels above `mask_thr`): it holds the top of the head, the hair
+and both shoulders, which a box around keypoints (joints) leaves out; where the model found no person, or with
+`person_box: keypoints`, the box around the frame's keypoints (score above `kpt_thr`, inside the frame) and
+the face track's box, grown by `bbox_grow` (10 %) and clipped to the frame; the person stage's crop box where nothing was
+found. The mask is computed on the decoded person crop, so a box is at most that crop.
 
 Audit columns: pose_body_score, pose_face_score, pose_hand_score, pose_both_hands_frac,
 pose_out_of_frame_frac (curation.formats.pose_npz.summarize), pose_frames, pose_backend. Optional thresholds
@@ -42,6 +45,8 @@ class SkeletonParams(Params):
     backend: Literal["mediapipe", "dwpose"] = "mediapipe"
     work_size: int = Field(512, ge=64, description="the person crop is decoded with its longer side at most this")
     crop_margin: float = Field(0.15, ge=0, description="person box grown by this share of its size on each side")
+    crop_top_margin: float = Field(0.3, ge=0, description="... and by this share of its height above (the person "
+                                                           "stage's box ends at the face box, below the top of the head)")
     face_crop: bool = Field(True, description="run the FaceLandmarker on a crop around the face track")
     face_crop_scale: float = Field(1.6, ge=1.0, description="face crop side / larger side of the face box")
     face_crop_size: int = Field(256, ge=64, description="face crop resampled to this square size (pixels)")
@@ -51,6 +56,9 @@ class SkeletonParams(Params):
     hand_gate: bool = Field(True, description="skip the hand landmarker on frames where the pose puts both hands out of the image")
     hand_search_every: int = Field(3, ge=1, description="while no hand is tracked, search for hands on every Nth frame only")
     kpt_thr: float = Field(0.3, ge=0, lt=1, description="a keypoint counts as found above this score (summaries, boxes, preview)")
+    person_box: Literal["mask", "keypoints"] = Field(
+        "mask", description="mediapipe person_bbox_xyxy: the person segmentation mask's box, or the keypoints' box + 10 %")
+    mask_thr: float = Field(0.5, gt=0, lt=1, description="a pixel belongs to the person above this mask probability")
     dwpose_det_thr: float = Field(0.3, ge=0, lt=1, description="YOLOX person score threshold")
     dwpose_det_interval: int = Field(1, ge=1, description="run the YOLOX detector every this many frames")
     threads: int = Field(1, ge=0, description="onnxruntime / ffmpeg threads per actor (0 = library default)")
@@ -74,14 +82,14 @@ class SkeletonParams(Params):
     )
 
 
-def person_crop(rec: ClipRecord, margin: float) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the person box grown by `margin` on each side, clipped to the frame, even sizes;
-    the whole frame without a person box."""
+def person_crop(rec: ClipRecord, margin: float, top_margin: float | None = None) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the person box grown by `margin` on each side (`top_margin` above, when given), clipped
+    to the frame, even sizes; the whole frame without a person box."""
     W, H = int(rec.probe["width"]), int(rec.probe["height"])
     box = rec.data.get("person_box")
     if not box:
         return 0, 0, W, H
-    return geometry.even_crop(box, margin, W, H)
+    return geometry.even_crop(box, margin, W, H, top_margin)
 
 
 class SkeletonStage(Stage):
@@ -116,7 +124,7 @@ class SkeletonStage(Stage):
             self._model = MediaPipeWholebody(
                 *paths, min_detection=p.min_detection, min_presence=p.min_presence, min_tracking=p.min_tracking,
                 hand_gate=p.hand_gate, hand_search_every=p.hand_search_every, face_crop_size=p.face_crop_size,
-                frame_ms=int(round(1000 / self.ctx.fps)))
+                frame_ms=int(round(1000 / self.ctx.fps)), segmentation=p.person_box == "mask", mask_thr=p.mask_thr)
 
     def _load(self):
         """The keypoint model (set up on first use)."""
@@ -131,7 +139,7 @@ class SkeletonStage(Stage):
         W, H = int(rec.probe["width"]), int(rec.probe["height"])
         times = frame_times(rec.start_s, rec.end_s, fps)
         T = len(times)
-        cx, cy, cw, ch = person_crop(rec, p.crop_margin)
+        cx, cy, cw, ch = person_crop(rec, p.crop_margin, p.crop_top_margin)
         track = rec.data.get("face_track")
         faces = boxes_at(track, times) if track else np.full((T, 4), np.nan)
         kpts = np.zeros((T, 1, 133, 3), np.float32)
@@ -157,7 +165,8 @@ class SkeletonStage(Stage):
                     box = [cx + box[0] * sx, cy + box[1] * sy, cx + box[2] * sx, cy + box[3] * sy]
                 else:
                     kp = model.frame(frame, face_w if p.face_crop else None, p.face_crop_scale)
-                    box = None
+                    mb = getattr(model, "mask_box", None)
+                    box = None if mb is None else [cx + mb[0] * sx, cy + mb[1] * sy, cx + mb[2] * sx, cy + mb[3] * sy]
                 found = (kp[:, 2] > 0) | (kp[:, 0] != 0) | (kp[:, 1] != 0)
                 kp[found, 0] = cx + kp[found, 0] * sx
                 kp[found, 1] = cy + kp[found, 1] * sy

@@ -264,6 +264,11 @@ def make_corpus(d: Path) -> list[Case]:
                        ("x" * 200 + ".mp4", "a 204-byte name")):
         shutil.copy(good, d / name)
         case(name, kind, "kept")
+    # A Latin-1 name (old archives): not valid UTF-8. Python lists it with a surrogate (os.fsdecode); it must
+    # not stop the run, and the audit keeps its bytes (source_bytes).
+    latin1 = os.fsdecode(b"latin1_caf\xe9_\xff.mp4")
+    shutil.copy(good, os.path.join(os.fsencode(d), os.fsencode(latin1)))
+    case(latin1, "a file name that is not valid UTF-8 (Latin-1 bytes)", "kept")
 
     # -- file system oddities ---------------------------------------------------------------------------
     os.symlink("good.mp4", d / "symlink_to_good.mp4")

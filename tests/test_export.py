@@ -54,7 +54,7 @@ def check_pose(npz: Path, frames: int) -> np.ndarray:
 
 def test_export_pipeline_output(pipeline_output, tmp_path):
     dest = tmp_path / "talkverse"
-    p = run_cli("export-talkverse", str(pipeline_output), str(dest))
+    p = run_cli("export-talkverse", str(pipeline_output), str(dest), "--layout", "plain")
     index = pd.read_parquet(pipeline_output / "index.parquet")
     assert len(index) > 0
     assert f"exported {len(index)} clips to {dest}" in p.stdout
@@ -163,3 +163,114 @@ def test_export_refuses_what_has_no_clips(tmp_path):
     p = run_cli("export-talkverse", str(tmp_path / "nothing"), str(tmp_path / "dest"), check=False)
     assert p.returncode == 2 and "not an output directory" in p.stderr
     assert not (tmp_path / "dest" / "meta.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# TalkVerse's ROI dataset (wan/src/dataset_resolution_bins_roi.py), which its shipped training script selects
+# (the ROI loss is on). Its rules, as it applies them to each meta.csv row, written here from its behaviour:
+
+FACE_SLICE = slice(23, 91)  # the 68 face points of COCO-WholeBody, from which it makes the face box
+
+
+def roi_loader_reads(row: dict, base_path: str) -> dict:
+    """What the ROI dataset does with one row before decoding; raises where it would raise (outside its own
+    try/except) and returns None where it would silently pick another row. Run with the working directory
+    the trainer would have."""
+    import os
+
+    video_path = row.get("video_path")
+    assert video_path, "no video_path: the loader picks another row"
+    video_id = video_path.split("/")[-1].split(".")[0]
+    # rule 1: only these two datasets; anything else raises ValueError("Invalid video relative path")
+    assert "openhumanvid" in video_path or "panda70m" in video_path, f"ValueError: {video_path}"
+    # rule 2: the pose file, by rewriting the video path, relative to the working directory
+    if "openhumanvid" in video_path:
+        pose = video_path.replace("/openhumanvid/videos", "/openhumanvid/dwpose/").replace(".mp4", ".npz")
+    else:
+        pose = video_path.replace("/panda70m/videos/", "/panda70m/dwpose/").replace(".mp4", ".mp4.npz")
+    assert os.path.exists(pose), f"{pose} missing: the loader skips the row"
+    # rule 3: the npz keys and shapes
+    with np.load(pose) as d:
+        keypoints = d["keypoints_info"]
+        body = d["person_bbox_xyxy"]
+    assert keypoints.ndim == 4 and keypoints.shape[1:] == (1, 133, 3), keypoints.shape  # else ValueError
+    assert (body.ndim == 2 and body.shape[1] == 4) or (body.ndim == 3 and body.shape[2] == 4), body.shape
+    # rule 4: the caption embeddings: openhumanvid/text_embeddings/<video id>.pt relative to the cwd
+    text = os.path.join("openhumanvid/text_embeddings", f"{video_id}.pt")
+    # rule 5: the video: base_path joined with video_path; a video and an audio stream; 25 fps asserted
+    video = os.path.join(base_path, video_path)
+    return {"video_id": video_id, "pose": pose, "keypoints": keypoints, "body": body, "text": text, "video": video}
+
+
+def roi_scenes_25(scenes: str, fps: float, total_frames: int) -> list[tuple[int, int]]:
+    """The loader's scene mapping: "s,e;s,e" inclusive at `fps`, 4 frames trimmed at internal boundaries,
+    mapped to 25 fps inclusive frame indices and clipped to the video."""
+    pairs = []
+    for seg in str(scenes).split(";"):
+        se = seg.strip().split(",")
+        if len(se) == 2 and int(se[1]) >= int(se[0]):
+            pairs.append((int(se[0]), int(se[1])))
+    n = len(pairs)
+    pairs = [(s + (4 if i > 0 else 0), e - (4 if i < n - 1 else 0)) for i, (s, e) in enumerate(pairs)]
+    out = []
+    for s, e in pairs:
+        if e < s:
+            continue
+        s25 = max(0, min(int(np.floor(s * 25.0 / fps)), total_frames - 1))
+        e25 = max(0, min(int(np.floor((e + 1) * 25.0 / fps)) - 1, total_frames - 1))
+        if e25 >= s25:
+            out.append((s25, e25))
+    return out
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_export_reads_in_talkverse_roi_loader(pipeline_output, tmp_path, monkeypatch, absolute):
+    dest = tmp_path / "tv"
+    args = ["export-talkverse", str(pipeline_output), str(dest)] + (["--absolute-paths"] if absolute else [])
+    p = run_cli(*args)
+    assert "null_embedding.pt" in p.stdout and "openhumanvid/text_embeddings" in p.stdout
+    index = pd.read_parquet(pipeline_output / "index.parquet")
+    meta = pd.read_csv(dest / "meta.csv")
+    assert len(meta) == len(index) > 0 and sorted(meta["key"]) == sorted(index["key"])
+    assert (dest / "openhumanvid" / "text_embeddings").is_dir()  # where the README's embeddings go
+    # relative paths: the trainer runs in DEST with base_path DEST; absolute: from anywhere
+    cwd = tmp_path / "elsewhere" if absolute else dest
+    cwd.mkdir(exist_ok=True)
+    monkeypatch.chdir(cwd)
+    for row in meta.to_dict("records"):
+        got = roi_loader_reads(row, base_path=str(dest))
+        assert got["video_id"] == row["key"]
+        assert Path(got["pose"]).resolve() == (dest / "openhumanvid" / "dwpose" / f"{row['key']}.npz").resolve()
+        # the caption embeddings: always under the working directory (from elsewhere, the trainer's
+        # text_embedding_path must name DEST/openhumanvid/text_embeddings, as the README says)
+        assert Path(got["text"]).resolve() == (cwd / "openhumanvid" / "text_embeddings" / f"{row['key']}.pt").resolve()
+        info = ffprobe_video(Path(got["video"]))
+        assert info["fps"] == 25.0 and float(row["fps"]) == 25.0  # asserted by the loader
+        assert info["acodec"] == "aac"  # it skips a video without audio
+        t = info["frames"]
+        assert got["keypoints"].shape == (t, 1, 133, 3) and got["body"].shape == (t, 4) and t == row["num_frames"]
+        assert roi_scenes_25(row["scenes"], float(row["fps"]), t) == [(0, t - 1)]  # one scene: the whole clip
+        # the boxes it makes masks from: a face box from the 68 face points on most frames, a body box
+        # holding that face box on every frame where both are there
+        face = keypoints_face_boxes(got["keypoints"])
+        ok = np.isfinite(face).all(1)
+        assert ok.mean() > 0.5, ok.mean()
+        b = got["body"]
+        both = ok & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        assert both.mean() > 0.5
+        inside = ((b[both, 0] <= face[both, 0] + 1) & (b[both, 1] <= face[both, 1] + 1)
+                  & (b[both, 2] >= face[both, 2] - 1) & (b[both, 3] >= face[both, 3] - 1))
+        assert inside.mean() > 0.95, inside.mean()
+
+
+def keypoints_face_boxes(k: np.ndarray) -> np.ndarray:
+    """The loader's face box per frame: min/max of the face points with confidence > 0 that are not (0, 0)."""
+    face = k[:, 0, FACE_SLICE, :]
+    xy, conf = face[..., :2], face[..., 2]
+    valid = (conf > 0) & np.isfinite(xy).all(-1) & ~((xy[..., 0] == 0) & (xy[..., 1] == 0))
+    out = np.full((len(k), 4), np.nan, np.float32)
+    for t in range(len(k)):
+        if valid[t].any():
+            xs, ys = xy[t, valid[t], 0], xy[t, valid[t], 1]
+            out[t] = [xs.min(), ys.min(), xs.max(), ys.max()]
+    return out

@@ -83,6 +83,18 @@ def read_clips(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "audit" / "clips.parquet")
 
 
+def rows_of(df: pd.DataFrame, path: str) -> pd.DataFrame:
+    """The rows of source `path` (a name that is not UTF-8: its escaped text, and its exact bytes in
+    source_bytes, from which curation.engine.pathnames.original gives the name back)."""
+    from curation.engine.pathnames import as_text, is_utf8, original
+
+    rows = df[df["source"] == as_text(path)]
+    if not is_utf8(path) and len(rows):
+        assert (rows["source_bytes"] == os.fsencode(path)).all()
+        assert all(original(t, b) == path for t, b in zip(rows["source"], rows["source_bytes"]))
+    return rows
+
+
 def span_table(out: Path) -> list[tuple]:
     """(key, status, stage, reason, start, end) of every candidate: what two equal runs must agree on."""
     c = read_clips(out)
@@ -363,7 +375,7 @@ def test_corpus_has_the_kinds_the_issue_lists(corpus_run):
     for word in ("empty", "truncated", "random", "text", "audio only", "video only", "zero duration", "1x1",
                  "8k", "variable frame rate", "rotated 90", "rotated 180", "rotated 270", "hevc", "vp9", "mjpeg",
                  "prores", "8 khz", "48 khz 6-channel", "declared duration", "spaces", "quotes", "newline",
-                 "non-ascii", "symlink", "mode 000", "directory"):
+                 "non-ascii", "not valid utf-8", "symlink", "mode 000", "directory", "fifo"):
         assert word in kinds, word
 
 
@@ -376,7 +388,7 @@ def test_every_bad_input_is_a_reason_or_a_clip(corpus_run):
     assert not clips["reason"].fillna("").str.startswith("error:").any(), \
         clips.loc[clips["reason"].fillna("").str.startswith("error:"), ["source", "reason", "message"]]
     for c in corpus_run["cases"]:
-        rows = clips[clips["source"] == str(inp / c.name)]
+        rows = rows_of(clips, str(inp / c.name))
         assert len(rows), f"{c.name!r} has no audit row"
         if c.expect == "kept":
             assert (rows["status"] == "kept").all() and (rows["clip_index"] >= 0).all(), \
@@ -390,7 +402,9 @@ def test_every_bad_input_is_a_reason_or_a_clip(corpus_run):
 def test_kept_clips_of_odd_inputs_are_correct(corpus_run, tmp_path):
     out = corpus_run["out"]
     index = check_output_dir(out)
-    cases = {str(corpus_run["input"] / c.name): c for c in corpus_run["cases"]}
+    from curation.engine.pathnames import as_text
+
+    cases = {as_text(str(corpus_run["input"] / c.name)): c for c in corpus_run["cases"]}
     samples = {}
     for tar in sorted((out / "shards").glob("*.tar")):
         for s in wds.WebDataset(str(tar), shardshuffle=False):
@@ -422,5 +436,19 @@ def test_nothing_is_written_outside_the_output_directory(corpus_run):
     assert not list(corpus_run["cwd"].iterdir())
     assert not list(corpus_run["scratch"].iterdir()), list(corpus_run["scratch"].iterdir())
     top = {p.name for p in corpus_run["out"].iterdir()}
-    assert top == {"shards", "audit", "index.parquet", "manifest.yaml"}
+    assert top == {"shards", "audit", "index.parquet", "manifest.yaml", "logs"}  # logs/run.log: the libraries' lines
     assert not [p for d in (corpus_run["input"].parent, corpus_run["cwd"]) for p in d.rglob("pwned")]
+
+
+def test_terminal_shows_progress_and_the_libraries_log_to_a_file(corpus_run):
+    """What `curation run` printed (run_ok's log is its stdout and stderr): our own lines only, progress among
+    them; Ray's and the codecs' lines are in DIR/logs/run.log."""
+    term = (corpus_run["out"].parent / "run.log").read_text(errors="replace").splitlines()
+    progress = [ln for ln in term if ln.startswith(("progress:", "done:"))]
+    assert len(progress) >= 2 and "ETA" in progress[0], term[:10]
+    assert progress[-1].startswith("done:") and f"sources {len(corpus_run['cases'])}/" in progress[-1]
+    assert len(term) < 40, "\n".join(term)
+    for noise in ("INFO", "WARNING", "core_worker", "logging_progress", "(pid=", "Deprecat"):
+        assert not [ln for ln in term if noise in ln], noise
+    log = (corpus_run["out"] / "logs" / "run.log").read_text(errors="replace")
+    assert "Started a local Ray instance" in log and "logging_progress" in log

@@ -321,7 +321,7 @@ def test_coordinates_do_not_depend_on_the_crop(person, skeleton, footage):
         if box is not None:
             rec.data["person_box"] = box
         variants.append(rec)
-    tight = SkeletonStage(SkeletonParams(crop_margin=0.0, work_size=384), ctx())
+    tight = SkeletonStage(SkeletonParams(crop_margin=0.0, crop_top_margin=0.0, work_size=384), ctx())
     assert person_crop(variants[1], 0.0)[:2] == (90, 70)
     size = np.nanmedian(np.diff(pose_npz.face_boxes(ref["keypoints_info"])[:, 1::2], axis=1))
     try:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from curation.engine.columns import integer_columns
 from curation.engine.output import OutputDir
 
 INDEX_COLUMNS = ["key", "shard", "source", "start_s", "end_s", "duration_s", "width", "height", "fps",
                  "n_frames", "audio_shift_frames"]
 NON_SCORE = set(INDEX_COLUMNS) | {"source_id", "clip_index", "status", "stage", "reason", "message",
-                                  "would_reject", "source_fps"}
+                                  "would_reject", "source_fps", "source_bytes", "audio_path_bytes"}
 
 
 def score_columns(clips: pd.DataFrame) -> list[str]:
@@ -108,13 +109,18 @@ def consolidate(root: str | Path, stage_names: list[str]) -> dict:
         clips = clips[["key", "source", "start_s", "end_s", "status", "stage", "reason", *cols]]
     if not sources.empty:
         sources = sources.sort_values("source", kind="stable").reset_index(drop=True)
+    clips, sources = integer_columns(clips), integer_columns(sources)
     out.write_atomic(out.audit / "clips.parquet", _pq(clips))
     out.write_atomic(out.audit / "sources.parquet", _pq(sources))
     if clips.empty:
         index = pd.DataFrame(columns=INDEX_COLUMNS)
     else:
         kept = clips[(clips["status"] == "kept") & clips["shard"].notna()]
-        index = kept[[c for c in INDEX_COLUMNS if c in kept] + score_columns(kept)].reset_index(drop=True)
+        # source_bytes (a file name that is not UTF-8, curation.engine.pathnames) right after `source`
+        cols = [c for c in INDEX_COLUMNS if c in kept]
+        if "source_bytes" in kept and kept["source_bytes"].notna().any():
+            cols.insert(cols.index("source") + 1, "source_bytes")
+        index = integer_columns(kept[cols + score_columns(kept)].reset_index(drop=True))
     out.write_atomic(out.root / "index.parquet", _pq(index))
     f = funnel(clips, sources, stage_names, read_runs(out))
     out.write_atomic(out.audit / "funnel.json", json.dumps(f, indent=2, default=float).encode())

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from curation.engine.pathnames import original_column, text_row
 from curation.engine.record import KEPT, REJECTED, ClipRecord
 
 PART_RE = re.compile(r"^(clips|sources)-(\d{6})\.parquet$")
@@ -102,8 +103,8 @@ class OutputDir:
     def finished_sources(self) -> set[str]:
         done: set[str] = set()
         for part in self.committed_parts():
-            df = pd.read_parquet(self.parts / f"sources-{part:06d}.parquet", columns=["source"])
-            done.update(df["source"].tolist())
+            df = pd.read_parquet(self.parts / f"sources-{part:06d}.parquet")
+            done.update(original_column(df, "source"))  # the name as listed, also when it is not UTF-8
         return done
 
     def next_numbers(self) -> tuple[int, int]:
@@ -162,7 +163,9 @@ def clip_row(rec: ClipRecord, shard: str | None, fps: float) -> dict:
         "status": rec.status, "stage": rec.stage, "reason": rec.reason, "message": rec.message,
         "would_reject": ";".join(rec.would_reject) or None, "shard": shard,
         "width": rec.probe.get("width"), "height": rec.probe.get("height"), "fps": fps,
-        "source_fps": rec.probe.get("fps"), "n_frames": rec.data.get("n_frames"), "audio_shift_frames": rec.data.get("audio_shift_frames"),
+        "source_fps": rec.probe.get("fps"), "n_frames": rec.data.get("n_frames"),
+        # a written clip says 0 in its json when the audio was not shifted: the same here
+        "audio_shift_frames": rec.data.get("audio_shift_frames", 0 if shard else None),
     }
     for k, v in (*rec.scores.items(), *rec.labels.items()):
         row[k] = v
@@ -284,9 +287,11 @@ class Committer:
                         kept.append(r)
         packed = self._pack(kept) if kept else {}
         shard_of = {k: name for name, (_, keys) in packed.items() for k in keys}
-        clips = pd.DataFrame([clip_row(r, shard_of.get(r.key), self.fps) for g in groups for r in g])
+        # text_row: a file name that is not UTF-8 is kept reversibly (curation.engine.pathnames)
+        clips = pd.DataFrame([text_row(clip_row(r, shard_of.get(r.key), self.fps)) for g in groups for r in g])
         clips["clip_index"] = clips["clip_index"].astype("Int64")  # null: a source-level row
-        sources = pd.DataFrame([source_row(g, [shard_of[r.key] for r in g if r.key in shard_of]) for g in groups])
+        sources = pd.DataFrame([text_row(source_row(g, [shard_of[r.key] for r in g if r.key in shard_of]))
+                                for g in groups])
         self.out.commit(self.part, {n: b for n, (b, _) in packed.items()}, clips, sources)
         self.part += 1
         self.committed_sources += len(groups)

@@ -27,6 +27,9 @@ from curation.engine.config import Manifest, Resources, load_manifest
 from curation.engine.ingest import absolute_path, list_inputs
 from curation.media.ffmpeg import sweep_stale_temp_dirs
 from curation.engine.output import Committer, OutputDir
+from curation.engine import runlog
+from curation.engine.preflight import preflight
+from curation.report import progress
 from curation.engine.record import ClipRecord
 from curation.weights import resolve, weights_dir
 from stages import stage_class
@@ -336,6 +339,7 @@ def stream_into(committer: Committer, records: list[ClipRecord], plans: list[Sta
                     continue
                 seen.add(rec.key)
                 committer.add(rec)
+                progress.record(rec)
                 if committer.is_complete(rec.source):
                     pending.pop(rec.source, None)
         if pending:
@@ -383,7 +387,7 @@ def run(input_path: str, output: str, manifest: str | Manifest | None = None, ad
     t0 = time.time()
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     wdir = absolute_path(str(weights_dir(weights)))
-    check_weights(m, wdir)
+    preflight(m, wdir, output)  # tools, encoders, weights, output location: before anything is written
     # On an existing cluster a relative input directory is made absolute (on a local Ray the workers share the
     # driver's working directory; sources there keep the paths, and so the keys, they always had).
     sources = list_inputs(absolute_path(input_path) if _external_cluster(address) else input_path)
@@ -398,6 +402,7 @@ def run(input_path: str, output: str, manifest: str | Manifest | None = None, ad
     if limit is not None:
         todo = todo[:limit]
     records = [ClipRecord.for_source(p, a) for p, a in todo]
+    run_rec = runlog.begin(out, t0, len(records))
     committer = Committer(out, m.name, m.video.fps, m.video.audio_rate, m.output.shard_max_samples,
                           m.output.shard_max_bytes, m.output.commit_every_sources, write_shards=not score_only)
     if records:
@@ -415,11 +420,9 @@ def run(input_path: str, output: str, manifest: str | Manifest | None = None, ad
                 internal_kv._internal_kv_del(b"", del_by_prefix=True, namespace=f"talkcurate-{run_id}")
         committer.close()
     wall = time.time() - t0
-    with open(out.audit / "runs.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"started": t0, "wall_s": wall, "new_sources": len(records),
-                            "skipped_sources": len(sources) - len(todo), "score_only": score_only,
-                            "address": address or os.environ.get("RAY_ADDRESS") or "local",
-                            "manifest": m.name, "argv": sys.argv}) + "\n")
+    run_rec.end({"new_sources": len(records), "skipped_sources": len(sources) - len(todo), "score_only": score_only,
+                 "address": address or os.environ.get("RAY_ADDRESS") or "local", "manifest": m.name,
+                 "argv": sys.argv})
     fun = consolidate(output, [s.name for s in m.enabled_stages()])
     return RunResult(str(out.root), len(records), len(sources) - len(todo), committer.committed_clips, wall, fun,
                      recovered)

@@ -1,13 +1,23 @@
 """`curation export-talkverse DIR DEST`: the kept clips in the layout TalkVerse's loaders read
-(snap-research/TalkVerse wan/src/dataset_resolution_bins.py and dataset_resolution_bins_roi.py):
+(snap-research/TalkVerse wan/src/dataset_resolution_bins.py and dataset_resolution_bins_roi.py).
 
-    DEST/videos/<key>.mp4    25 fps H.264 with AAC audio (the loader asserts 25 fps and needs an audio stream)
-    DEST/dwpose/<key>.npz    keypoints_info (T, 1, 133, 3), person_bbox_xyxy (T, 4) (where the run had a
-                             skeleton stage; the roi loader reads exactly these two arrays)
-    DEST/meta.csv            video_path (relative to DEST: the loader joins it to `base_path`, and takes the
-                             video id from its file name), fps, scenes ("start,end;..." inclusive frame
-                             indices at `fps`; one scene per clip, since our clips are cut at shot boundaries),
-                             then dwpose_path, num_frames, key, source, span, size and every score column.
+The default layout (`--layout roi`) is the one their shipped training script needs: it turns the ROI loss on,
+which selects the ROI dataset, and that dataset accepts only a `video_path` containing `openhumanvid` (or
+`panda70m`), finds the pose file by rewriting that path (`/openhumanvid/videos` -> `/openhumanvid/dwpose/`,
+`.mp4` -> `.npz`) relative to the working directory (not `base_path`, and ignoring any `dwpose_path`), and
+reads the caption embeddings from `openhumanvid/text_embeddings/<video id>.pt` (also relative to the working
+directory):
+
+    DEST/openhumanvid/videos/<key>.mp4    25 fps H.264 with AAC audio (the loader asserts 25 fps, needs audio)
+    DEST/openhumanvid/dwpose/<key>.npz    keypoints_info (T, 1, 133, 3), person_bbox_xyxy (T, 4)
+    DEST/openhumanvid/text_embeddings/    created empty: the caption embeddings go here (see the README)
+    DEST/meta.csv                         video_path "./openhumanvid/videos/<key>.mp4" (run the trainer in DEST
+                                          with base_path DEST; --absolute-paths: from anywhere), fps (25),
+                                          scenes ("start,end;..." inclusive frame indices at `fps`; one scene
+                                          per clip, since our clips are cut at shot boundaries), then
+                                          dwpose_path, num_frames, key, source, span, size and every score.
+
+`--layout plain` writes DEST/videos/ and DEST/dwpose/ (what the plain dataset reads; the ROI one reads none).
 
 The shards are read as streams, one sample at a time; each file is copied out of the tar byte for byte (a
 shard member cannot be hard-linked). Only a clip written at another rate than 25 fps (a manifest with
@@ -35,6 +45,13 @@ TARGET_FPS = 25.0
 META_FIRST = ["video_path", "fps", "scenes", "dwpose_path", "num_frames", "key", "source", "start_s", "end_s",
               "duration_s", "width", "height", "audio_shift_frames"]
 POSE_KEYS = ("keypoints_info", "person_bbox_xyxy")
+LAYOUTS = ("roi", "plain")
+ROI_ROOT = "openhumanvid"  # the substring TalkVerse's ROI dataset requires in every video_path
+
+
+def roi_pose_path(video_path: str) -> str:
+    """The pose file TalkVerse's ROI dataset opens for `video_path` (its rewrite, relative to the cwd)."""
+    return video_path.replace("/openhumanvid/videos", "/openhumanvid/dwpose/").replace(".mp4", ".npz")
 
 
 class ExportError(RuntimeError):
@@ -98,13 +115,22 @@ class _Sample:
 
 class Exporter:
     def __init__(self, root: str | os.PathLike, dest: str | os.PathLike, absolute_paths: bool = False,
-                 log=print):
+                 log=print, layout: str = "roi"):
+        if layout not in LAYOUTS:
+            raise ExportError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
         self.out = OutputDir(root)
         self.dest = Path(dest)
         self.absolute = absolute_paths
         self.log = log
-        self.videos = self.dest / "videos"
-        self.dwpose = self.dest / "dwpose"
+        self.layout = layout
+        base = self.dest / ROI_ROOT if layout == "roi" else self.dest
+        self.videos = base / "videos"
+        self.dwpose = base / "dwpose"
+        self.text_embeddings = base / "text_embeddings" if layout == "roi" else None
+        if layout == "roi" and absolute_paths and (".mp4" in str(self.dest.resolve())
+                                                   or "/openhumanvid/videos" in str(self.dest.resolve())):
+            raise ExportError(f"{self.dest.resolve()}: TalkVerse's ROI loader rewrites '.mp4' and "
+                              "'/openhumanvid/videos' anywhere in a video path; choose a DEST without them")
         self.rows: list[dict] = []
         self.stats = {"clips": 0, "copied": 0, "reencoded": 0, "pose": 0, "no_pose": 0, "bad_pose": 0}
 
@@ -117,7 +143,11 @@ class Exporter:
             raise ExportError(f"{self.out.root}: no committed clips yet")
         kept = clips[(clips["status"] == "kept") & clips["shard"].notna()]
         if kept.empty:
-            raise ExportError(f"{self.out.root}: no kept clip in a shard (a --score-only run writes no shards)")
+            if (clips["status"] == "kept").any():  # kept without a shard: a --score-only run
+                raise ExportError(f"{self.out.root}: no kept clip in a shard (a --score-only run writes no shards)")
+            reasons = clips["reason"].value_counts().head(3)
+            raise ExportError(f"{self.out.root}: no clip was kept ({len(clips)} rejected; most often: "
+                              + ", ".join(f"{r} {n}" for r, n in reasons.items()) + "); see `curation report`")
         return kept.set_index("key", drop=False)
 
     # -- one shard, streamed -------------------------------------------------------------------------
@@ -183,7 +213,11 @@ class Exporter:
         self.stats["clips"] += 1
 
     def _path(self, p: Path) -> str:
-        return str(p.resolve()) if self.absolute else p.relative_to(self.dest).as_posix()
+        if self.absolute:
+            return str(p.resolve())
+        rel = p.relative_to(self.dest).as_posix()
+        # "./": the ROI loader's rewrite needs a "/" before "openhumanvid/videos"
+        return f"./{rel}" if self.layout == "roi" else rel
 
     def export_shard(self, shard: Path, wanted: pd.DataFrame, scores: list[str]) -> None:
         cur: _Sample | None = None
@@ -219,6 +253,8 @@ class Exporter:
         scores = score_columns(kept)
         self.videos.mkdir(parents=True, exist_ok=True)
         self.dwpose.mkdir(parents=True, exist_ok=True)
+        if self.text_embeddings is not None:
+            self.text_embeddings.mkdir(parents=True, exist_ok=True)
         for shard_name in sorted(kept["shard"].unique()):
             shard = self.out.shards / shard_name
             if not shard.is_file():
@@ -229,18 +265,19 @@ class Exporter:
         tmp = self.dest / "meta.csv.tmp"
         meta.to_csv(tmp, index=False)
         os.replace(tmp, self.dest / "meta.csv")
-        return {**self.stats, "meta": str(self.dest / "meta.csv")}
+        return {**self.stats, "meta": str(self.dest / "meta.csv"), "layout": self.layout,
+                "text_embeddings": str(self.text_embeddings) if self.text_embeddings else None}
 
 
 def export_talkverse(root: str | os.PathLike, dest: str | os.PathLike, absolute_paths: bool = False,
-                     log=print) -> dict:
+                     log=print, layout: str = "roi") -> dict:
     """Export the kept clips of output directory `root` to `dest`; return counts."""
-    return Exporter(root, dest, absolute_paths, log).run()
+    return Exporter(root, dest, absolute_paths, log, layout).run()
 
 
 def cmd_export(a) -> int:
     try:
-        res = export_talkverse(a.dir, a.dest, absolute_paths=a.absolute_paths)
+        res = export_talkverse(a.dir, a.dest, absolute_paths=a.absolute_paths, layout=a.layout)
     except (ExportError, FileNotFoundError) as e:
         print(f"curation: error: {e}", file=sys.stderr)
         return 2
@@ -249,17 +286,24 @@ def cmd_export(a) -> int:
           + (f", {res['no_pose']} clips without pose.npz (no skeleton stage in the run)" if res["no_pose"] else "")
           + (f", {res['bad_pose']} unreadable pose.npz skipped" if res["bad_pose"] else ""))
     print(f"meta:    {res['meta']}  (TalkVerse: metadata_path=meta.csv, base_path={a.dest})")
+    if res["text_embeddings"]:
+        print(f"next:    put the caption embeddings <key>.pt and null_embedding.pt in {res['text_embeddings']} "
+              f"and start TalkVerse's trainer in {a.dest} (README: 'Training TalkVerse on an export')")
     return 0
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export-talkverse", help="export the kept clips in TalkVerse's dataset layout",
-                       description="Write DEST/videos/<key>.mp4 (25 fps with audio), DEST/dwpose/<key>.npz "
-                                   "(keypoints_info, person_bbox_xyxy) and DEST/meta.csv (video_path, fps, "
-                                   "scenes, and every score) from an output directory of `curation run`. "
+                       description="Write DEST/openhumanvid/videos/<key>.mp4 (25 fps with audio), "
+                                   "DEST/openhumanvid/dwpose/<key>.npz (keypoints_info, person_bbox_xyxy) and "
+                                   "DEST/meta.csv (video_path, fps, scenes, and every score) from an output "
+                                   "directory of `curation run`. "
                                    "Files are copied out of the shards; nothing at 25 fps is re-encoded.")
     p.add_argument("dir", metavar="DIR", help="an output directory of `curation run`")
     p.add_argument("dest", metavar="DEST", help="the export directory (created)")
+    p.add_argument("--layout", choices=LAYOUTS, default="roi",
+                   help="roi (default): DEST/openhumanvid/{videos,dwpose,text_embeddings}, what TalkVerse's "
+                        "shipped training script (ROI loss on) reads; plain: DEST/videos, DEST/dwpose")
     p.add_argument("--absolute-paths", action="store_true",
                    help="write absolute video_path/dwpose_path in meta.csv (default: relative to DEST)")
     p.set_defaults(func=cmd_export)

@@ -55,14 +55,19 @@ class MediaPipeWholebody:
     def __init__(self, pose_task: str, hand_task: str, face_task: str, *, min_detection: float = 0.5,
                  min_presence: float = 0.5, min_tracking: float = 0.5, hand_gate: bool = True,
                  gate_margin: float = 0.05, hand_search_every: int = 1, face_crop_size: int = 256,
-                 frame_ms: int = 40):
+                 frame_ms: int = 40, segmentation: bool = False, mask_thr: float = 0.5):
         from mediapipe.tasks.python import BaseOptions, vision
 
         video = vision.RunningMode.VIDEO
         self._pose = vision.PoseLandmarker.create_from_options(vision.PoseLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(pose_task)), running_mode=video, num_poses=1,
             min_pose_detection_confidence=min_detection, min_pose_presence_confidence=min_presence,
-            min_tracking_confidence=min_tracking))
+            min_tracking_confidence=min_tracking, output_segmentation_masks=bool(segmentation)))
+        # The pose model's person segmentation: `mask_box` is the box of the pixels above `mask_thr` on the last
+        # frame (head, hair and shoulders included, which keypoints, being joints, are not), or None.
+        self.segmentation = bool(segmentation)
+        self.mask_thr = float(mask_thr)
+        self.mask_box: list[float] | None = None
         self._hand = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(hand_task)), running_mode=video, num_hands=2,
             min_hand_detection_confidence=min_detection, min_hand_presence_confidence=min_presence,
@@ -125,6 +130,15 @@ class MediaPipeWholebody:
 
         pose = None
         res = self._pose.detect_for_video(img, ts)
+        self.mask_box = None
+        if self.segmentation and res.pose_landmarks and res.segmentation_masks:
+            m = res.segmentation_masks[0].numpy_view()
+            m = m[..., 0] if m.ndim == 3 else m
+            rows, cols = np.flatnonzero((m > self.mask_thr).any(1)), np.flatnonzero((m > self.mask_thr).any(0))
+            if len(rows) and len(cols):
+                sy, sx = h / m.shape[0], w / m.shape[1]
+                self.mask_box = [float(cols[0] * sx), float(rows[0] * sy), float((cols[-1] + 1) * sx),
+                                 float((rows[-1] + 1) * sy)]
         if res.pose_landmarks:
             pose = np.array([[p.x, p.y, p.visibility if p.visibility is not None else 0.0]
                              for p in res.pose_landmarks[0]], np.float32)

@@ -31,8 +31,9 @@ import pandas as pd
 
 from curation.engine.audit import funnel as compute_funnel
 from curation.engine.audit import read_runs, score_columns
-from curation.engine.output import PART_RE, OutputDir
 from curation.engine import thresholds as decisions_file
+from curation.engine.output import OutputDir
+from curation.engine.runlog import status as run_status
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"
 
@@ -114,18 +115,10 @@ def load(root: str | os.PathLike) -> RunState:
 
     committed = out.committed_parts()
     notes = []
-    pending = [p.name for d in (out.shards, out.parts, out.audit, root) if d.is_dir() for p in d.glob("*.tmp")]
-    uncommitted = [p.name for p in out.parts.glob("clips-*.parquet")
-                   if (m := PART_RE.match(p.name)) and int(m.group(2)) not in set(committed)]
-    last_commit = max((os.path.getmtime(out.parts / f"sources-{c:06d}.parquet") for c in committed), default=None)
-    finished = bool(runs)
-    if runs and last_commit is not None:
-        r = runs[-1]
-        finished = last_commit <= float(r.get("started", 0)) + float(r.get("wall_s", 0)) + 1.0
-    if pending or uncommitted:
-        finished = False
-        notes.append(f"files of an unfinished commit are present ({len(pending)} temporary, {len(uncommitted)} "
-                     "uncommitted parts): a run is in progress or was interrupted; they are not counted")
+    st = run_status(out)  # from the run records, never file times: a copied directory reports the same
+    finished = st.finished
+    if not finished and "unfinished commit" in st.why:
+        notes.append(f"{st.why}: a run is in progress or was interrupted; they are not counted")
     if not finished:
         notes.append(f"run in progress or interrupted: this report shows the {len(committed)} committed part(s) "
                      f"({len(sources)} sources); `curation run` again with the same output resumes")

@@ -37,7 +37,7 @@ def print_funnel(funnel: dict, console=None) -> None:
     console.print(t)
 
 
-def report(directory: str, html: bool = True) -> int:
+def report(directory: str, html: bool = True, table: bool = True) -> int:
     """Print the funnel of an output directory (rebuilt from the commit log, so a run in progress or
     interrupted shows what is done) and write DIR/report.html when the HTML report is available."""
     from curation.engine.audit import consolidate
@@ -55,7 +55,12 @@ def report(directory: str, html: bool = True) -> int:
         stages = [s["name"] for s in (yaml.safe_load(mpath.read_text()) or {}).get("stages", [])
                   if s.get("enabled", True)]
     funnel = consolidate(root, stages)
-    print_funnel(funnel)
+    if table:
+        print_funnel(funnel)
+    from curation.engine.runlog import status
+
+    st = status(out)
+    print(f"status: {st.text} ({st.why})")
     if html:
         from curation.report.html import write_report
 
