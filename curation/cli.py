@@ -164,6 +164,10 @@ def _add_optional_commands(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
+    if a.func is not cmd_run:  # report, inspect, export, train: an s3:// (any pyarrow.fs) output read locally
+        from curation.engine.output import localize_remote_args
+
+        localize_remote_args(a)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     return int(a.func(a) or 0)

@@ -1,6 +1,7 @@
-"""A real multi-node Ray run: two Ray nodes started with `ray start` on this machine (a head and a second raylet
-with its own resources), `curation run --address` against them, compared with the same run on a local Ray. Also
-the cluster launcher config in deploy/ and how model stages' GPU requests are fitted to a cluster."""
+"""A real multi-node Ray run: three Ray nodes started with `ray start` on this machine (a head and two more raylets,
+each with its own resources), `curation run --address` against them with the default manifest over 24 sources,
+compared with the same run on a local Ray; the same cluster losing a worker node mid-run. Also the deploy/
+configs (cluster launcher, KubeRay RayJob) and how model stages' pools and GPU requests are fitted to a cluster."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pytest
 import yaml
 
 from conftest import FOOTAGE, ROOT, WEIGHTS
-from test_faults import KILL_MANIFEST, check_output_dir, cli_env, run_ok, span_table
+from test_faults import check_output_dir, cli_env, end_group, run_ok, span_table, start_cli
 
 VENV_BIN = ROOT / ".venv" / "bin"
 RAY = str(VENV_BIN / "ray") if (VENV_BIN / "ray").exists() else (shutil.which("ray") or "ray")
@@ -80,8 +81,56 @@ def test_gpu_requests_fitted_to_the_cluster():
     assert all(s.resources.num_gpus == 0 for s in default.stages), "the default manifest must stay CPU-only"
 
 
+def test_pools_sized_to_the_cluster():
+    """`auto` pool maxima (the default in both manifests) from the cluster's CPUs, GPUs and memory; explicit
+    numbers win; a pool starts with one actor per node."""
+    from curation.engine.config import load_manifest
+    from curation.engine.pipeline import plan_stages
+
+    for name in ("default", "talkverse"):
+        m = load_manifest(name)
+        models = [s for s in m.enabled_stages() if s.name in ("person", "quality", "sync", "skeleton")]
+        assert models and all(s.resources.concurrency[1] == "auto" for s in models), name
+        assert all(s.resources.memory_gb for s in m.enabled_stages()), f"{name}: a stage declares no memory"
+
+    m = load_manifest("default")
+    big = {p.name: p for p in plan_stages(m, str(WEIGHTS), False, {"CPU": 64.0, "memory": 256 * 2**30}, nodes=4)}
+    assert {n: big[n].resources.concurrency for n in ("person", "quality", "sync", "skeleton")} == {
+        "person": (1, 64), "quality": (1, 64), "sync": (1, 64), "skeleton": (1, 64)}
+    assert all(big[n].initial == 4 for n in ("person", "quality", "sync", "skeleton"))
+    # memory bounds the pool: 8 GiB holds 5 actors of 1.5 GiB (sync, skeleton), 8 of 1.0 (person, quality)
+    tight = {p.name: p for p in plan_stages(m, str(WEIGHTS), False, {"CPU": 64.0, "memory": 8 * 2**30})}
+    assert tight["sync"].resources.concurrency == (1, 5) and tight["person"].resources.concurrency == (1, 8)
+    small = {p.name: p for p in plan_stages(m, str(WEIGHTS), False, {"CPU": 2.0, "memory": 8 * 2**30})}
+    assert small["skeleton"].resources.concurrency == (1, 2) and small["skeleton"].initial == 1
+
+    fixed = m.model_copy(deep=True)
+    fixed.stage("person").resources.concurrency = (2, 3)
+    fixed._params = m._params
+    assert {p.name: p for p in plan_stages(fixed, str(WEIGHTS), False, {"CPU": 64.0})}["person"].resources.concurrency == (2, 3)
+
+
+def test_kuberay_rayjob_manifest():
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "rayjob.yaml").read_text()))
+    job = next(d for d in docs if d and d.get("kind") == "RayJob")
+    assert job["apiVersion"].startswith("ray.io/") and job["metadata"]["name"]
+    spec = job["spec"]
+    assert spec["entrypoint"].split()[:2] == ["curation", "run"]
+    for flag in ("--input", "--output", "--address"):
+        assert flag in spec["entrypoint"]
+    assert "s3://" in spec["entrypoint"]
+    cluster = spec["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] and head["resources"]["limits"]["cpu"]
+    groups = cluster["workerGroupSpecs"]
+    assert groups and all(g["groupName"] and g["template"]["spec"]["containers"][0]["image"] for g in groups)
+    assert any("nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in groups)
+    assert all(g["minReplicas"] <= g["replicas"] <= g["maxReplicas"] for g in groups)
+    assert spec.get("shutdownAfterJobFinishes") is True
+
+
 # ---------------------------------------------------------------------------------------------------
-# Two Ray nodes on this machine
+# Three Ray nodes on this machine
 
 def free_ports(n: int) -> list[int]:
     socks = []
@@ -96,15 +145,19 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-class TwoNodeCluster:
-    """A head node and a second node, each a `ray start` of its own (own raylet, object store, ports, temp dir).
-    Stopped by ending the processes it started (their process groups, and any process whose command line names
-    its temp dir), never with `ray stop`, which would end every Ray on the machine."""
+NODE_CPUS = 2
+NODE_MEMORY = 8 * 2**30  # logical: what Ray may hand out on the node, not what the test uses
 
-    def __init__(self, root: Path):
+
+class LocalCluster:
+    """A head node and `workers` more nodes, each a `ray start` of its own (own raylet, object store, ports, temp
+    dir, NODE_CPUS logical CPUs). Stopped by ending the processes it started (their process groups, and any process
+    whose command line names its temp dir), never with `ray stop`, which would end every Ray on the machine."""
+
+    def __init__(self, root: Path, workers: int = 2):
         self.root = root
         self.head_tmp = root / "h"
-        self.worker_tmp = root / "w"
+        self.worker_tmps = [root / f"w{i}" for i in range(workers)]
         self.port = free_ports(1)[0]
         self.address = f"127.0.0.1:{self.port}"
         self.groups: list[int] = []
@@ -131,27 +184,28 @@ class TwoNodeCluster:
 
     def _node_args(self, resource: str, tmp: Path) -> list[str]:
         nm, om, agent_http, agent_grpc, rt_env, metrics = free_ports(6)
-        return ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
-                "--resources", json.dumps({resource: 1}), "--temp-dir", str(tmp),
+        return ["--node-ip-address", "127.0.0.1", "--num-cpus", str(NODE_CPUS), "--num-gpus", "0",
+                "--memory", str(NODE_MEMORY), "--resources", json.dumps({resource: 1}), "--temp-dir", str(tmp),
                 "--object-store-memory", str(300 * 1024 * 1024),
                 "--node-manager-port", str(nm), "--object-manager-port", str(om),
                 "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
                 "--runtime-env-agent-port", str(rt_env), "--metrics-export-port", str(metrics),
-                "--min-worker-port", "0", "--max-worker-port", "0",  # random worker ports: two raylets, one host
+                "--min-worker-port", "0", "--max-worker-port", "0",  # random worker ports: three raylets, one host
                 "--disable-usage-stats"]
 
     def start(self) -> None:
         self.head_tmp.mkdir()
-        self.worker_tmp.mkdir()
         self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
                      *self._node_args("node_head", self.head_tmp)])
-        self._start(["--address", self.address, *self._node_args("node_worker", self.worker_tmp)])
+        for i, tmp in enumerate(self.worker_tmps):
+            tmp.mkdir()
+            self._start(["--address", self.address, *self._node_args(f"node_worker{i}", tmp)])
 
     def nodes(self) -> list[dict]:
         """ray.nodes() of the cluster, from a driver of its own (this test process stays out of Ray)."""
         code = ("import json, ray\n"
                 f"ray.init(address={self.address!r}, log_to_driver=False)\n"
-                "print('NODES=' + json.dumps([{'alive': n['Alive'], 'resources': n['Resources']} "
+                "print('NODES=' + json.dumps([{'alive': n['Alive'], 'id': n['NodeID'], 'resources': n['Resources']} "
                 "for n in ray.nodes()]))\n")
         p = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=self.env(), timeout=120)
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
@@ -168,6 +222,19 @@ class TwoNodeCluster:
                 if line.startswith((":task_name:MapBatches(", ":actor_name:MapWorker(MapBatches(")):
                     names.add(line.split(":", 2)[2])
         return sorted(names)
+
+    def raylet_pid(self, tmp: Path) -> int:
+        """The raylet of the node whose temp dir is `tmp`."""
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                argv = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"/raylet") and any(str(tmp).encode() in a for a in argv):
+                return int(d.name)
+        raise AssertionError(f"no raylet for {tmp}")
 
     def _own_pids(self) -> set[int]:
         """Processes of this cluster: in the process groups of its `ray start` commands (Ray's daemons stay in
@@ -206,7 +273,7 @@ class TwoNodeCluster:
 @pytest.fixture(scope="module")
 def cluster():
     root = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
-    c = TwoNodeCluster(root)
+    c = LocalCluster(root, workers=2)
     try:
         c.start()
         yield c
@@ -215,57 +282,124 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def cluster_manifest(path: Path) -> Path:
-    """KILL_MANIFEST's probe, scenes and write, with the default manifest's person stage (an actor pool)."""
-    m = yaml.safe_load(KILL_MANIFEST)
-    m["name"] = "cluster"
-    default = yaml.safe_load((ROOT / "manifests" / "default.yaml").read_text())
-    person = next(s for s in default["stages"] if s["name"] == "person")
-    m["stages"].insert(2, person)
-    path.write_text(yaml.safe_dump(m, sort_keys=False))
-    return path
+# 24 sources from the shared footage, short ones, some under several names (a name is a source: its own key):
+# 8 reach the model stages (6 talking heads kept, 2 silent faces rejected by sync), 16 stop at probe.
+CLUSTER_SOURCES = (
+    [("S04_VideoReTalking_man-map-backdrop_address_5s.mp4", f"s04_{i}") for i in range(3)]
+    + [("A1_hdtf_bob_menendez_talking_8s.mp4", "a1"), ("S09_SadTalker-HDTF_woman-radio-address_8s.mp4", "s09"),
+       ("S11_SadTalker-HDTF_EdMarkey_address_8s.mp4", "s11")]
+    + [("D9_silent_audio_track_face_5s.mp4", f"d9_{i}") for i in range(2)]
+    + [(f, f"{tag}_{i}") for f, tag in (("A4_retalk_woman_glasses_talking_5s.mp4", "a4"),
+                                         ("A5_vexpress_aoc_gt_5s.mp4", "a5"),
+                                         ("D5_lowq_carphone_176x144_pristine_4s.mp4", "d5")) for i in range(4)]
+    + [(None, f"random_{i}") for i in range(4)]
+)
+MODEL_STAGES = ("person", "quality", "sync", "skeleton")
 
 
-def test_run_on_a_two_node_cluster_equals_a_local_run(cluster, tmp_path):
-    nodes = [n for n in cluster.nodes() if n["alive"]]
-    assert len(nodes) == 2, nodes
-    assert sorted(k for n in nodes for k in n["resources"] if k.startswith("node_")) == ["node_head", "node_worker"]
-    assert sum(n["resources"].get("CPU", 0) for n in nodes) == 2
-
-    inp = tmp_path / "in"
+@pytest.fixture(scope="module")
+def cluster_input(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cin")
+    inp = d / "in"
     inp.mkdir()
-    for name in ("A1_hdtf_bob_menendez_talking_8s.mp4", "C1_documentary_6shots_anamorphic_25s.mp4"):
-        os.symlink(FOOTAGE / name, inp / name)
-    (inp / "random_bytes.mp4").write_bytes(os.urandom(100_000))
-    manifest = cluster_manifest(tmp_path / "cluster.yaml")
+    for src, name in CLUSTER_SOURCES:
+        if src is None:
+            (inp / f"{name}.mp4").write_bytes(os.urandom(50_000))
+        else:
+            os.symlink(FOOTAGE / src, inp / f"{name}{Path(src).suffix}")
+    assert len(list(inp.iterdir())) == 24
+    return inp
 
-    remote, local = tmp_path / "remote", tmp_path / "local"
+
+@pytest.fixture(scope="module")
+def local_reference(cluster_input) -> Path:
+    """The default manifest over the 24 sources on a local Ray: what every cluster run must reproduce."""
+    out = cluster_input.parent / "local"
+    run_ok(["run", "--input", str(cluster_input), "--output", str(out), "--num-cpus", "2"],
+           cluster_input.parent / "local.log", env=cli_env(), timeout=900)
+    return out
+
+
+def _index_cols(out: Path) -> pd.DataFrame:
+    idx = check_output_dir(out)
+    cols = ["key", "source", "start_s", "end_s", "n_frames", "width", "height"]
+    return idx[cols].sort_values("key").reset_index(drop=True)
+
+
+def test_three_node_run_equals_a_local_run(cluster, cluster_input, local_reference):
+    nodes = [n for n in cluster.nodes() if n["alive"]]
+    assert len(nodes) == 3, nodes
+    assert sum(n["resources"].get("CPU", 0) for n in nodes) == 3 * NODE_CPUS
+
+    work = cluster_input.parent
+    remote = work / "remote"
     t0 = time.monotonic()
     # Relative paths from the driver's working directory: the cluster's workers run elsewhere (in the directory
     # `ray start` ran in), so the driver must hand them absolute ones.
-    run_ok(["run", "--input", "in", "--output", "remote", "--manifest", manifest.name, "--address", cluster.address,
-            "--weights", os.path.relpath(WEIGHTS, tmp_path)],
-           tmp_path / "remote.log", env=cli_env(**cluster.auth_env), cwd=tmp_path, timeout=600)
-    t_remote = time.monotonic() - t0
-    run_ok(["run", "--input", str(inp), "--output", str(local), "--manifest", str(manifest), "--num-cpus", "2"],
-           tmp_path / "local.log", env=cli_env(), timeout=600)
-    print(f"cluster run {t_remote:.1f} s, local run {time.monotonic() - t0 - t_remote:.1f} s")
+    run_ok(["run", "--input", "in", "--output", "remote", "--address", cluster.address,
+            "--weights", os.path.relpath(WEIGHTS, work)],
+           work / "remote.log", env=cli_env(**cluster.auth_env), cwd=work, timeout=900)
+    print(f"cluster run {time.monotonic() - t0:.1f} s")
 
-    index_r, index_l = check_output_dir(remote), check_output_dir(local)
-    assert len(index_r) > 0
-    assert sorted(index_r["key"]) == sorted(index_l["key"])
-    cols = ["key", "source", "start_s", "end_s", "n_frames", "width", "height"]
-    pd.testing.assert_frame_equal(index_r[cols].sort_values("key").reset_index(drop=True),
-                                  index_l[cols].sort_values("key").reset_index(drop=True))
-    spans = span_table(remote)
-    assert spans == span_table(local)
-    assert {s[0].split("_")[0] for s in spans} >= {"A1", "C1", "random"}
-    assert any(s[3] == "unreadable" for s in spans)  # the bad file
+    index_r, index_l = _index_cols(remote), _index_cols(local_reference)
+    assert len(index_r) >= 6
+    pd.testing.assert_frame_equal(index_r, index_l)
+    assert span_table(remote) == span_table(local_reference)
+    assert len(pd.read_parquet(remote / "audit" / "sources.parquet")) == 24
 
-    runs_r = [json.loads(ln) for ln in (remote / "audit" / "runs.jsonl").read_text().splitlines()]
-    runs_l = [json.loads(ln) for ln in (local / "audit" / "runs.jsonl").read_text().splitlines()]
-    assert [r["address"] for r in runs_r] == [cluster.address] and [r["address"] for r in runs_l] == ["local"]
+    # Where every clip ran (audit/clips.parquet): every model stage on at least 2 workers on at least 2 nodes.
+    clips = pd.read_parquet(remote / "audit" / "clips.parquet")
+    node_ids = {n["id"][:16] for n in nodes}
+    for stage in MODEL_STAGES:
+        ran = clips.dropna(subset=[f"node__{stage}"])
+        assert len(ran) >= 2, stage
+        assert set(ran[f"node__{stage}"]) <= node_ids
+        workers = set(zip(ran[f"node__{stage}"], ran[f"worker__{stage}"]))
+        assert len(workers) >= 2 and len({n for n, _ in workers}) >= 2, (stage, workers)
+    kept = clips[clips["status"] == "kept"]
+    assert kept["node__write"].notna().all() and kept["worker__write"].str.startswith("task:").all()
+    assert clips["worker__person"].dropna().str.startswith("actor:").all()
 
-    # The pipeline's tasks and actors ran on both nodes (Ray Data spreads them): each node's worker logs name them.
-    for tmp in (cluster.head_tmp, cluster.worker_tmp):
-        assert cluster.pipeline_work_in_logs(tmp), f"no pipeline task or actor ran on the node of {tmp}"
+    # The driver received metadata only: under 2 % of the shard bytes the workers wrote.
+    (run,) = [json.loads(ln) for ln in (remote / "audit" / "runs.jsonl").read_text().splitlines()]
+    on_disk = sum(p.stat().st_size for p in (remote / "shards").iterdir())
+    assert run["shard_bytes"] == on_disk > 0
+    print(f"driver received {run['driver_bytes_received']} B for {on_disk} B of shards "
+          f"({100 * run['driver_bytes_received'] / on_disk:.3f} %)")
+    assert run["driver_bytes_received"] < 0.02 * on_disk
+    assert run["address"] == cluster.address
+
+
+def test_a_worker_node_dying_mid_run_loses_nothing(cluster, cluster_input, local_reference, tmp_path):
+    """The raylet of one worker node killed while the pipeline's actors run on it: Ray retries the node's tasks
+    and restarts its actors elsewhere; the run ends with the uninterrupted run's index."""
+    victim = cluster.worker_tmps[-1]
+    subset = sorted(p for p in cluster_input.iterdir() if p.name.split("_")[0] in ("s04", "a1", "s09", "s11", "a4"))
+    listing = tmp_path / "sources.txt"
+    listing.write_text("\n".join(str(p) for p in subset) + "\n")
+    out = tmp_path / "out"
+    proc = start_cli(["run", "--input", str(listing), "--output", str(out), "--address", cluster.address],
+                     tmp_path / "run.log", env=cli_env(**cluster.auth_env))
+    killed_at = None
+    try:
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 600:
+            if killed_at is None and any("person" in n.lower() or "StageActor" in n
+                                         for n in cluster.pipeline_work_in_logs(victim)):
+                time.sleep(5)  # its actors are at work
+                os.kill(cluster.raylet_pid(victim), signal.SIGKILL)
+                killed_at = time.monotonic() - t0
+            time.sleep(0.5)
+        rc = proc.wait(timeout=60)
+    finally:
+        end_group(proc)
+    log = (tmp_path / "run.log").read_text(errors="replace")
+    assert killed_at is not None, "the pipeline never ran on the worker node"
+    assert rc == 0, log[-4000:]
+    assert sum(n["alive"] for n in cluster.nodes()) == 2
+    expected = _index_cols(local_reference)
+    expected = expected[expected["source"].isin({str(p) for p in subset})].reset_index(drop=True)
+    assert len(expected) >= 6
+    pd.testing.assert_frame_equal(_index_cols(out), expected)
+    ref_spans = [s for s in span_table(local_reference) if s[0].split("_")[0] in ("s04", "a1", "s09", "s11", "a4")]
+    assert span_table(out) == ref_spans

@@ -27,7 +27,7 @@ KILL_MANIFEST = """\
 name: faults-kill
 description: probe, scenes and write, a commit after every source (several commit points in a tiny run).
 video: {preset: ultrafast}
-output: {commit_every_sources: 1}
+output: {commit_every_sources: 1, shard_max_samples: 1}  # a shard per clip: commits as clips arrive
 stages:
   - name: probe
     params: {min_duration_s: 1.0}

@@ -21,7 +21,7 @@ NON_SCORE = set(INDEX_COLUMNS) | {"source_id", "clip_index", "status", "stage", 
 
 
 def score_columns(clips: pd.DataFrame) -> list[str]:
-    return [c for c in clips.columns if c not in NON_SCORE and not c.startswith(("wall_s__", "cpu_s__"))]
+    return [c for c in clips.columns if c not in NON_SCORE and not c.startswith(("wall_s__", "cpu_s__", "node__", "worker__"))]
 
 
 def funnel(clips: pd.DataFrame, sources: pd.DataFrame, stage_names: list[str], runs: list[dict]) -> dict:
@@ -86,11 +86,10 @@ def funnel(clips: pd.DataFrame, sources: pd.DataFrame, stage_names: list[str], r
 
 
 def read_runs(out: OutputDir) -> list[dict]:
-    p = out.audit / "runs.jsonl"
-    if not p.exists():
+    if not out.store.exists("audit/runs.jsonl"):
         return []
     runs = []
-    for line in p.read_text().splitlines():
+    for line in out.store.read("audit/runs.jsonl").decode("utf-8", "replace").splitlines():
         try:
             runs.append(json.loads(line))
         except json.JSONDecodeError:
@@ -110,8 +109,8 @@ def consolidate(root: str | Path, stage_names: list[str]) -> dict:
     if not sources.empty:
         sources = sources.sort_values("source", kind="stable").reset_index(drop=True)
     clips, sources = integer_columns(clips), integer_columns(sources)
-    out.write_atomic(out.audit / "clips.parquet", _pq(clips))
-    out.write_atomic(out.audit / "sources.parquet", _pq(sources))
+    out.store.write("audit/clips.parquet", _pq(clips))
+    out.store.write("audit/sources.parquet", _pq(sources))
     if clips.empty:
         index = pd.DataFrame(columns=INDEX_COLUMNS)
     else:
@@ -121,9 +120,9 @@ def consolidate(root: str | Path, stage_names: list[str]) -> dict:
         if "source_bytes" in kept and kept["source_bytes"].notna().any():
             cols.insert(cols.index("source") + 1, "source_bytes")
         index = integer_columns(kept[cols + score_columns(kept)].reset_index(drop=True))
-    out.write_atomic(out.root / "index.parquet", _pq(index))
+    out.store.write("index.parquet", _pq(index))
     f = funnel(clips, sources, stage_names, read_runs(out))
-    out.write_atomic(out.audit / "funnel.json", json.dumps(f, indent=2, default=float).encode())
+    out.store.write("audit/funnel.json", json.dumps(f, indent=2, default=float).encode())
     return f
 
 

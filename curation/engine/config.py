@@ -12,7 +12,7 @@ manifest.yaml records."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -30,12 +30,16 @@ class Strict(BaseModel):
 
 class Resources(Strict):
     """What one stage asks of the cluster. `num_cpus` is per task/actor; fractions are allowed so that
-    several stages fit on a small machine. `concurrency` is the actor pool size (min, max) for model stages."""
+    several stages fit on a small machine. `concurrency` is the actor pool size (min, max) for model stages;
+    a max of `auto` grows the pool up to what the cluster holds (curation.engine.pipeline.plan_stages).
+    `memory_gb` is the measured peak of one task/actor, requested from Ray so that a node never gets more
+    workers than its memory holds."""
 
     num_cpus: float = Field(1.0, ge=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
+    memory_gb: float | None = Field(None, gt=0.0, description="peak memory of one task/actor, requested from Ray")
     batch_size: int = Field(4, ge=1)
-    concurrency: tuple[int, int] = (1, 1)
+    concurrency: tuple[int, int | Literal["auto"]] = (1, "auto")
     timeout_s: float = Field(600.0, gt=0.0, description="per-clip time limit for this stage")
 
     @field_validator("concurrency", mode="before")
@@ -43,6 +47,8 @@ class Resources(Strict):
     def _conc(cls, v: Any) -> Any:
         if isinstance(v, int):
             return (v, v)
+        if v == "auto":
+            return (1, "auto")
         return v
 
 
@@ -66,9 +72,14 @@ class OutputSpec(Strict):
     commit_every_sources: int = Field(64, ge=1, description="commit audit rows at least this often")
 
 
+class RunSpec(Strict):
+    window_sources: int = Field(256, ge=1, description="sources read from the listing and run at a time")
+
+
 class Manifest(Strict):
     name: str
     description: str = ""
+    run: RunSpec = Field(default_factory=RunSpec)
     video: VideoSpec = Field(default_factory=VideoSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     stages: list[StageSpec]

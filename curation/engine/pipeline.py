@@ -24,9 +24,9 @@ import numpy as np
 from curation.engine import thresholds
 from curation.engine.audit import consolidate
 from curation.engine.config import Manifest, Resources, load_manifest
-from curation.engine.ingest import absolute_path, list_inputs
+from curation.engine.ingest import absolute_path, iter_inputs
 from curation.media.ffmpeg import sweep_stale_temp_dirs
-from curation.engine.output import Committer, OutputDir
+from curation.engine.output import Committer, OutputDir, Store, pack_and_write
 from curation.engine import runlog
 from curation.engine.preflight import preflight
 from curation.report import progress
@@ -58,12 +58,6 @@ def _batch(records: list[ClipRecord]) -> dict:
 # A clip whose worker dies this many times while a stage processes it (a crash in native code, a kill, the
 # out-of-memory killer) is rejected with `error:<stage>` instead of being tried again.
 MAX_CLIP_ATTEMPTS = 2
-
-
-def ray_retries(batch_size: int) -> int:
-    """Ray re-runs of a batch whose worker died: enough for every clip of the batch to use its attempts
-    (each re-run either finishes or uses up one attempt of one clip), bounded so nothing loops forever."""
-    return MAX_CLIP_ATTEMPTS * batch_size + 2
 
 
 class AttemptLog:
@@ -183,12 +177,45 @@ def _sweep_once() -> None:
         sweep_stale_temp_dirs()
 
 
+def _worker_place(actor: bool) -> tuple[str, str]:
+    """(Ray node id, worker) of this process: the actor's id, or the task worker's process id."""
+    try:
+        import ray
+
+        rc = ray.get_runtime_context()
+        node = rc.get_node_id() or ""
+        worker = f"actor:{rc.get_actor_id()[:16]}" if actor and rc.get_actor_id() else f"task:{os.getpid()}"
+        return node[:16], worker
+    except Exception:  # outside Ray
+        return "", f"pid:{os.getpid()}"
+
+
+def _stamp(stage_name: str, recs: list[ClipRecord], place: tuple[str, str]) -> list[ClipRecord]:
+    """Every record this stage processed (it has its timing) records where: audit/clips.parquet's
+    node__<stage> and worker__<stage>."""
+    for r in recs:
+        if stage_name in r.timings or stage_name == "pack":
+            r.where[stage_name] = list(place)
+    return recs
+
+
 def run_stage_task(batch: dict, stage_name: str, params: dict, ctx: StageContext, run_id: str | None = None) -> dict:
     """A stage without models, as a Ray task: cheap to build per batch."""
     _sweep_once()
     cls = stage_class(stage_name)
     stage = cls(cls.Params.model_validate(params), ctx)
-    out = _batch(process_batch(stage, _records(batch), run_id))
+    out = _batch(_stamp(stage_name, process_batch(stage, _records(batch), run_id), _worker_place(False)))
+    release_free_heap()
+    return out
+
+
+def run_pack_task(batch: dict, store: Store, manifest_name: str, fps: float, audio_rate: int,
+                  shard_max_samples: int, shard_max_bytes: int) -> dict:
+    """After the write stage, on the workers: kept clips packed into shards written straight to the output
+    location; only metadata goes on to the driver (see output.pack_and_write)."""
+    recs = pack_and_write(_records(batch), store, manifest_name, fps, audio_rate, shard_max_samples,
+                          shard_max_bytes)
+    out = _batch(recs)
     release_free_heap()
     return out
 
@@ -201,9 +228,10 @@ class StageActor:
         cls = stage_class(stage_name)
         self.stage = cls(cls.Params.model_validate(params), ctx)
         self.run_id = run_id
+        self.place = _worker_place(True)
 
     def __call__(self, batch: dict) -> dict:
-        out = _batch(process_batch(self.stage, _records(batch), self.run_id))
+        out = _batch(_stamp(self.stage.name, process_batch(self.stage, _records(batch), self.run_id), self.place))
         release_free_heap()
         return out
 
@@ -217,6 +245,7 @@ class StagePlan:
     resources: Resources
     uses_models: bool
     ctx: StageContext
+    initial: int = 1  # actors a model stage's pool starts with
 
 
 def check_weights(manifest: Manifest, wdir: str) -> None:
@@ -230,10 +259,27 @@ def check_weights(manifest: Manifest, wdir: str) -> None:
             cls.check_startup(params, wdir)
 
 
-def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict) -> list[StagePlan]:
+def auto_pool_max(res: Resources, cluster: dict) -> int:
+    """The most actors of one model stage the cluster can hold: one per core (a model actor keeps a core busy
+    whatever fraction of a CPU it is scheduled with), per GPU share where it asks GPUs, per memory request
+    where it declares one; never below the pool's minimum."""
+    cpus = float(cluster.get("CPU", 1.0))
+    n = int(cpus // max(res.num_cpus, 1.0))
+    if res.num_gpus > 0:
+        n = min(n, int(float(cluster.get("GPU", 0.0)) // res.num_gpus))
+    if res.memory_gb:
+        mem = float(cluster.get("memory", 0.0))
+        if mem > 0:
+            n = min(n, int(mem // (res.memory_gb * 2**30)))
+    return max(int(res.concurrency[0]), n)
+
+
+def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict, nodes: int = 1) -> list[StagePlan]:
     """Per-stage resources from the manifest, fitted to the cluster: GPU requests are dropped where the
-    cluster has no GPU, and CPU requests are scaled down when the stages' minimum pools would not all fit
-    at once (on a 2-core machine a whole CPU per actor would starve the rest of the pipeline)."""
+    cluster has no GPU, a pool maximum of `auto` becomes what the cluster holds (auto_pool_max) and the pool
+    starts with one actor per node (`nodes`, at most that maximum; Ray Data spreads them), and CPU
+    requests are scaled down when the stages' minimum pools would not all fit at once (on a 2-core machine a
+    whole CPU per actor would starve the rest of the pipeline)."""
     cpus = float(cluster.get("CPU", 1.0))
     gpus = float(cluster.get("GPU", 0.0))
     plans = []
@@ -243,10 +289,16 @@ def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict) 
         if res.num_gpus > 0 and gpus <= 0:
             log.warning("stage %s asks for %.2g GPU but the cluster has none: running on CPU", spec.name, res.num_gpus)
             res.num_gpus = 0.0
+        if cls.uses_models and res.concurrency[1] == "auto":
+            res.concurrency = (res.concurrency[0], auto_pool_max(res, cluster))
         ctx = StageContext(weights_dir=wdir, fps=manifest.video.fps, audio_rate=manifest.video.audio_rate,
                            score_only=score_only, timeout_s=res.timeout_s, video=manifest.video.model_dump(),
                            use_gpu=res.num_gpus > 0)
-        plans.append(StagePlan(spec.name, manifest.params(spec.name).model_dump(), res, cls.uses_models, ctx))
+        initial = res.concurrency[0]
+        if cls.uses_models and spec.resources.concurrency[1] == "auto":
+            initial = max(initial, min(int(res.concurrency[1]), nodes))
+        plans.append(StagePlan(spec.name, manifest.params(spec.name).model_dump(), res, cls.uses_models, ctx,
+                               initial))
     demand = sum(p.resources.num_cpus * (p.resources.concurrency[0] if p.uses_models else 1) for p in plans)
     if demand > cpus:
         factor = cpus / demand
@@ -254,13 +306,30 @@ def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict) 
                     demand, cpus, factor)
         for p in plans:
             p.resources.num_cpus = round(p.resources.num_cpus * factor, 3)
+    log.info("pools: %s", ", ".join(f"{p.name} {p.resources.concurrency[0]}-{p.resources.concurrency[1]} "
+                                    f"(starting with {p.initial})" for p in plans if p.uses_models))
     return plans
 
 
-def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str | None = None):
-    """The plan as a Ray Data dataset. Worker deaths are retried by Ray a bounded number of times (see
-    process_batch for how a clip that keeps killing its worker is found and rejected); a block that still
-    fails is dropped rather than failing the run, and the driver processes its sources again."""
+@dataclass
+class PackPlan:
+    """The step after the write stage that packs kept clips into shards on the workers."""
+    store: Store
+    manifest_name: str
+    fps: float
+    audio_rate: int
+    shard_max_samples: int
+    shard_max_bytes: int
+    num_cpus: float
+    memory_gb: float | None
+
+
+def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str | None = None,
+                  pack: PackPlan | None = None):
+    """The plan as a Ray Data dataset. Worker deaths are retried by Ray (tasks: Ray's default of 3 retries;
+    actors: restarted, their tasks retried; see process_batch for how a clip that keeps killing its worker is
+    found and rejected); a block that still fails is dropped rather than failing the run, and the driver
+    processes its sources again."""
     import ray
 
     ray.data.DataContext.get_current().max_errored_blocks = -1
@@ -271,21 +340,31 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str
         common = dict(batch_size=r.batch_size, batch_format="numpy", num_cpus=r.num_cpus)
         if r.num_gpus:
             common["num_gpus"] = r.num_gpus
-        retries = ray_retries(r.batch_size)
+        if r.memory_gb:
+            common["memory"] = int(r.memory_gb * 2**30)
         if p.uses_models:
             ds = ds.map_batches(StageActor, fn_constructor_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
                                                                        run_id=run_id),
-                                compute=ray.data.ActorPoolStrategy(min_size=r.concurrency[0], max_size=r.concurrency[1]),
-                                max_restarts=-1, max_task_retries=retries, **common)
+                                compute=ray.data.ActorPoolStrategy(min_size=r.concurrency[0],
+                                                                   max_size=int(r.concurrency[1]),
+                                                                   initial_size=p.initial),
+                                **common)
         else:
             ds = ds.map_batches(run_stage_task, fn_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
-                                                               run_id=run_id),
-                                max_retries=retries, **common)
+                                                               run_id=run_id), **common)
+    if pack is not None:
+        extra = {"memory": int(pack.memory_gb * 2**30)} if pack.memory_gb else {}
+        ds = ds.map_batches(run_pack_task, fn_kwargs=dict(store=pack.store, manifest_name=pack.manifest_name,
+                                                          fps=pack.fps, audio_rate=pack.audio_rate,
+                                                          shard_max_samples=pack.shard_max_samples,
+                                                          shard_max_bytes=pack.shard_max_bytes),
+                            batch_size=pack.shard_max_samples, batch_format="numpy", num_cpus=pack.num_cpus, **extra)
     return ds
 
 
 # Environment variables the workers need from the driver (fault injection for tests, see docs/operations.md).
-PASS_ENV = ("CURATION_FAULTS", "CURATION_FAULTS_DIR")
+# The object store's endpoint (not its credentials: each node has its own) for an s3:// output or input.
+PASS_ENV = ("CURATION_FAULTS", "CURATION_FAULTS_DIR", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -322,19 +401,32 @@ def _stage_of_lost(run_id: str, source_key: str) -> str | None:
     return None
 
 
-def stream_into(committer: Committer, records: list[ClipRecord], plans: list[StagePlan], run_id: str) -> None:
+@dataclass
+class StreamStats:
+    """What the driver received: records and their serialised bytes (metadata only when the workers write
+    the shards), against the bytes of the shards the workers wrote."""
+    records: int = 0
+    bytes_received: int = 0
+
+
+def stream_into(committer: Committer, records: list[ClipRecord], plans: list[StagePlan], run_id: str,
+                pack: PackPlan | None = None, stats: StreamStats | None = None) -> None:
     """Run the plan over `records` and hand every finished record to the committer as it arrives.
 
     A source whose records Ray lost (a block dropped after its retries, see build_dataset) is run again on
     its own, once; one still lost after that is rejected as a whole with `error:<stage>`."""
+    stats = stats if stats is not None else StreamStats()
     pending = {r.source: r for r in records}
     seen: set[str] = set()
     for attempt in (1, 2):
         if not pending:
             break
-        ds = build_dataset(list(pending.values()), plans, run_id)
+        ds = build_dataset(list(pending.values()), plans, run_id, pack)
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
-            for rec in _records(batch):
+            for b in batch["rec"]:
+                stats.records += 1
+                stats.bytes_received += len(b)
+                rec = ClipRecord.from_bytes(b)
                 if rec.key in seen:  # delivered twice (a retried task): keep the first
                     continue
                 seen.add(rec.key)
@@ -351,6 +443,38 @@ def stream_into(committer: Committer, records: list[ClipRecord], plans: list[Sta
         stage = _stage_of_lost(run_id, rec.key) or "pipeline"
         rec.reject(stage, f"error:{stage}", "the source's batch failed twice in Ray (workers died); see the driver log")
         committer.add(rec)
+
+
+def _check_manifest_matches(out: OutputDir, manifest: Manifest) -> None:
+    text = Path(manifest.source_path).read_text(encoding="utf-8")
+    if out.store.exists("manifest.yaml"):
+        import yaml
+
+        if yaml.safe_load(out.store.read("manifest.yaml").decode("utf-8")) != yaml.safe_load(text):
+            raise RunError(f"{out.uri} was made with a different manifest ({out.uri}/manifest.yaml); use a new "
+                           f"--output or the same manifest to resume")
+    else:
+        out.store.write("manifest.yaml", text.encode())
+
+
+def _windows(sources, done: set[str], size: int, limit: int | None, counts: dict):
+    """The listing's sources not yet finished, in lists of `size`, read lazily (the driver holds one window),
+    at most `limit` in all; counts["skipped"]: the finished ones passed over."""
+    window: list[tuple[str, str | None]] = []
+    taken = 0
+    for src in sources:
+        if src[0] in done:
+            counts["skipped"] = counts.get("skipped", 0) + 1
+            continue
+        if limit is not None and taken >= limit:
+            break
+        window.append(src)
+        taken += 1
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def _check_manifest_matches(out: OutputDir, manifest: Manifest) -> None:
@@ -379,50 +503,83 @@ class RunResult:
     wall_s: float
     funnel: dict
     recovered: dict
+    windows: int = 0
+    driver_bytes_received: int = 0
+    shard_bytes: int = 0
 
 
 def run(input_path: str, output: str, manifest: str | Manifest | None = None, address: str | None = None,
         limit: int | None = None, score_only: bool = False, weights: str | None = None,
-        num_cpus: int | None = None) -> RunResult:
+        num_cpus: int | None = None, on_window=None) -> RunResult:
+    """`on_window(n, sources)`, if given, is called as each window starts (benchmarks: the driver's memory)."""
     t0 = time.time()
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     wdir = absolute_path(str(weights_dir(weights)))
     preflight(m, wdir, output)  # tools, encoders, weights, output location: before anything is written
     # On an existing cluster a relative input directory is made absolute (on a local Ray the workers share the
     # driver's working directory; sources there keep the paths, and so the keys, they always had).
-    sources = list_inputs(absolute_path(input_path) if _external_cluster(address) else input_path)
-    out = OutputDir(output)
+    listing = iter_inputs(absolute_path(input_path) if _external_cluster(address) else input_path)
+    first = next(listing, None)  # a missing input or a bad list file fails here, before any work
+    out = OutputDir(output)  # made absolute: the workers of a cluster write shards there
     out.create()
     _check_manifest_matches(out, m)
     thresholds.write(out, m)  # audit/thresholds.json: every decision of the manifest, for the report
     recovered = out.recover()
     sweep_stale_temp_dirs()
     done = out.finished_sources()
-    todo = [s for s in sources if s[0] not in done]
-    if limit is not None:
-        todo = todo[:limit]
-    records = [ClipRecord.for_source(p, a) for p, a in todo]
-    run_rec = runlog.begin(out, t0, len(records))
+    run_rec = runlog.begin(out, t0, None)  # sources are counted window by window (the listing streams)
     committer = Committer(out, m.name, m.video.fps, m.video.audio_rate, m.output.shard_max_samples,
                           m.output.shard_max_bytes, m.output.commit_every_sources, write_shards=not score_only)
-    if records:
-        import ray
+    write = m.stage("write")
+    pack = None if score_only else PackPlan(out.store, m.name, m.video.fps, m.video.audio_rate,
+                                            m.output.shard_max_samples, m.output.shard_max_bytes,
+                                            # a pack task holds a batch's bytes twice (the clips, the tar)
+                                            num_cpus=write.resources.num_cpus,
+                                            memory_gb=2 * m.output.shard_max_bytes / 2**30)
+    stats = StreamStats()
+    new = windows = 0
+    counts: dict = {}
+    plans = run_id = None
 
-        init_ray(address, num_cpus)
-        plans = plan_stages(m, wdir, score_only, ray.cluster_resources())
-        run_id = uuid.uuid4().hex[:16]
-        try:
-            stream_into(committer, records, plans, run_id)
-        finally:
+    def chain():
+        if first is not None:
+            yield first
+        yield from listing
+
+    try:
+        for window in _windows(chain(), done, m.run.window_sources, limit, counts):
+            if plans is None:
+                import ray
+
+                init_ray(address, num_cpus)
+                nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+                plans = plan_stages(m, wdir, score_only, ray.cluster_resources(), max(1, nodes))
+                run_id = uuid.uuid4().hex[:16]
+            if on_window is not None:
+                on_window(windows, window)
+            progress.add_sources(len(window))
+            windows += 1
+            new += len(window)
+            stream_into(committer, [ClipRecord.for_source(p, a) for p, a in window], plans, run_id, pack, stats)
+            committer.commit()  # a window's sources all committed before the next is read
+        committer.close()
+    finally:
+        if run_id:
             with contextlib.suppress(Exception):
                 from ray.experimental import internal_kv
 
                 internal_kv._internal_kv_del(b"", del_by_prefix=True, namespace=f"talkcurate-{run_id}")
-        committer.close()
+    if run_id:
+        # Shards of tasks whose results never reached a commit (a retried task's first try, a lost block).
+        orphans = out.delete_orphan_shards()
+        if orphans:
+            log.info("removed %d shard(s) of retried or lost tasks", len(orphans))
+    skipped = counts.get("skipped", 0)
     wall = time.time() - t0
-    run_rec.end({"new_sources": len(records), "skipped_sources": len(sources) - len(todo), "score_only": score_only,
+    run_rec.end({"new_sources": new, "skipped_sources": skipped, "score_only": score_only,
                  "address": address or os.environ.get("RAY_ADDRESS") or "local", "manifest": m.name,
-                 "argv": sys.argv})
-    fun = consolidate(output, [s.name for s in m.enabled_stages()])
-    return RunResult(str(out.root), len(records), len(sources) - len(todo), committer.committed_clips, wall, fun,
-                     recovered)
+                 "windows": windows, "driver_records": stats.records, "driver_bytes_received": stats.bytes_received,
+                 "shard_bytes": committer.shard_bytes, "argv": sys.argv})
+    fun = consolidate(output if out.remote else out.root, [s.name for s in m.enabled_stages()])
+    return RunResult(out.uri, new, skipped, committer.committed_clips, wall, fun, recovered, windows,
+                     stats.bytes_received, committer.shard_bytes)

@@ -67,7 +67,16 @@ def check_tools(need_encoders: bool = True) -> list[str]:
 
 
 def check_output(output: str | os.PathLike) -> list[str]:
-    """The output directory exists and is writable, or its nearest existing parent is (nothing is created)."""
+    """The output directory exists and is writable, or its nearest existing parent is (nothing is created).
+    On an object store (s3://, gs://): its file system can be reached and the prefix listed."""
+    from curation.engine.output import Store, is_remote
+
+    if is_remote(os.fspath(output)):
+        try:
+            Store(os.fspath(output)).list("")
+        except Exception as e:  # credentials, endpoint, bucket: whatever pyarrow.fs says
+            return [f"output {output} cannot be reached: {type(e).__name__}: {e}"]
+        return []
     p = Path(os.path.abspath(os.fspath(output)))
     if p.exists() or p.is_symlink():
         if not p.is_dir():

@@ -54,6 +54,7 @@ class ClipRecord:
     data: dict[str, Any] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     timings: dict[str, list[float]] = field(default_factory=dict)
+    where: dict[str, list[str]] = field(default_factory=dict)  # stage -> [Ray node id, worker (actor id or task pid)]
 
     @classmethod
     def for_source(cls, path: str, audio_path: str | None = None) -> "ClipRecord":
@@ -101,6 +102,7 @@ class ClipRecord:
             probe=dict(self.probe),
             # The first child carries the source-level stages' time so the funnel sums it once.
             timings={k: list(v) for k, v in self.timings.items()} if clip_index == 0 else {},
+            where={k: list(v) for k, v in self.where.items()},
         )
 
     def to_bytes(self) -> bytes:

@@ -26,23 +26,22 @@ STARTS = "starts.jsonl"
 RUNS = "runs.jsonl"
 
 
-def _append(path, rec: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _append(out: OutputDir, name: str, rec: dict) -> None:
+    """One line into audit/NAME, local or on an object store (curation.engine.output.Store)."""
+    out.store.append_line(f"audit/{name}", json.dumps(rec, default=str))
 
 
-def _read(path) -> list[dict]:
-    if not path.exists():
+def _read(out: OutputDir, name: str) -> list[dict]:
+    rel = f"audit/{name}"
+    if not out.store.exists(rel):
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    out_ = []
+    for line in out.store.read(rel).decode("utf-8", errors="replace").splitlines():
         try:
-            out.append(json.loads(line))
+            out_.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line cut by a crash
-    return out
+    return out_
 
 
 def _last_part(out: OutputDir) -> tuple[int | None, int]:
@@ -62,7 +61,7 @@ class Run:
         now = time.time()
         rec = {"run_id": self.run_id, "started": self.started, "ended": now, "wall_s": now - self.started,
                **(fields or {}), "last_part": last, "n_parts": n}
-        _append(self.out.audit / RUNS, rec)
+        _append(self.out, RUNS, rec)
         return rec
 
 
@@ -73,9 +72,12 @@ def begin(out: OutputDir, started: float | None = None, n_sources: int | None = 
 
     run = Run(out, uuid.uuid4().hex[:16], time.time() if started is None else started)
     last, _ = _last_part(out)
-    _append(out.audit / STARTS, {"run_id": run.run_id, "started": run.started, "last_part_before": last,
+    _append(out, STARTS, {"run_id": run.run_id, "started": run.started, "last_part_before": last,
                                   "pid": os.getpid(), "argv": sys.argv})
-    progress.output_ready(out.root, n_sources)
+    # an output on an object store keeps its log in the local cache of that output (curation.engine.output)
+    from curation.engine.output import _cache_dir
+
+    progress.output_ready(_cache_dir(out.uri) if out.remote else out.root, n_sources)
     return run
 
 
@@ -89,13 +91,13 @@ class Status:
 
 def status(out: OutputDir) -> Status:
     """The run status of an output directory, from the run records and the commit log (no mtimes)."""
-    starts = _read(out.audit / STARTS)
-    ends = _read(out.audit / RUNS)
+    starts = _read(out, STARTS)
+    ends = _read(out, RUNS)
     last, n = _last_part(out)
     committed = set(out.committed_parts())
-    pending = [p.name for d in (out.shards, out.parts, out.audit, out.root) if d.is_dir() for p in d.glob("*.tmp")]
-    uncommitted = [p.name for p in out.parts.glob("clips-*.parquet")
-                   if (m := PART_RE.match(p.name)) and int(m.group(2)) not in committed] if out.parts.is_dir() else []
+    pending = [n for d in ("shards", "audit/parts", "audit", "") for n in out.store.list(d) if n.endswith(".tmp")]
+    uncommitted = [n for n in out.store.list("audit/parts") if n.startswith("clips-")
+                   and (m := PART_RE.match(n)) and int(m.group(2)) not in committed]
     end = ends[-1] if ends else None
 
     def no(why: str) -> Status:

@@ -60,7 +60,7 @@ class Stats:
             self.t_first = time.time()
 
     def _add(self, rec) -> None:
-        if rec.clip_index < 0:
+        if rec.is_source:
             self.done_sources += 1
         else:
             self.clips += 1
@@ -76,7 +76,7 @@ class Stats:
             # source-level stages (probe, scenes) ride on the first clip (or the rejected source): they saw the
             # whole source; clip stages saw the clip
             src_level = stage in ("probe", "scenes")
-            if src_level and rec.clip_index > 0:
+            if src_level and not rec.is_source and rec.clip_index > 0:
                 continue
             footage = float(rec.probe.get("duration_s") or 0.0) if src_level else rec.duration_s
             self.stage_cpu[stage] = self.stage_cpu.get(stage, 0.0) + float(cpu or 0.0)
@@ -170,7 +170,8 @@ class Session:
         for fd in (1, 2):
             os.dup2(self._wfd, fd)
         self._open_console()
-        self.console.print(f"curation run: {self.stats.n_sources} source(s) to process; library logs: "
+        todo = f"{self.stats.n_sources} source(s) to process" if self.stats.n_sources else "sources read window by window"
+        self.console.print(f"curation run: {todo}; library logs: "
                            f"{self.log_path}" + ("" if self.verbose else " (-v shows them here)"))
         self.refresh(force=True)
         # between records too (the first clip arrives only once it has passed every stage): the elapsed time,
@@ -252,6 +253,14 @@ def session(verbose: bool = False):
     finally:
         _active = None
         s.close()
+
+
+def add_sources(n: int) -> None:
+    """More sources to process (the listing is read window by window)."""
+    if _active is not None and _active.stats is not None:
+        _active.stats.n_sources += n
+        if getattr(_active, "live", None) is not None and getattr(_active, "task", None) is not None:
+            _active.live.update(_active.task, total=max(1, _active.stats.n_sources))
 
 
 def output_ready(root, n_sources: int | None = None) -> None:
