@@ -33,7 +33,7 @@ from curation.perception.tracks import boxes_at, frame_times
 from curation.weights import REGISTRY, resolve
 from stages.base import Params, Stage
 
-FPS = 25.0  # SyncNet's rate and the pipeline's: offsets are counted in frames of 25 fps
+SYNCNET_FPS = 25.0  # SyncNet works at 25 fps (its windows and audio hop assume it)
 AUDIO_RATE = 16000
 
 
@@ -41,15 +41,22 @@ class SyncParams(Params):
     backend: Literal["landmarks", "syncnet"] = "landmarks"
     vshift: int = Field(15, ge=1, le=30, description="offsets searched: -vshift..+vshift frames")
     max_abs_offset: int = Field(3, ge=0, description="av_offset when |offset| exceeds this (frames at 25 fps)")
-    shift_audio: bool = Field(True, description="kept clips with a non-zero offset get their audio shifted by it")
+    shift_audio: bool = Field(True, description="kept clips with a non-zero offset get their audio shifted by it (landmarks: when the confidence supports it)")
+    unsure_offset: Literal["keep_unshifted", "reject"] = Field("keep_unshifted", description="a kept clip whose non-zero offset is not confident enough to shift by: kept with its audio as it is, or rejected as unsure_offset")
     # -- speech presence (both backends) --
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability that counts a 32 ms chunk as speech")
     min_speech_ratio: float = Field(0.02, ge=0, le=1, description="no_speech below this share of speech chunks")
     # -- landmarks backend --
-    landmarks_min_conf: float = Field(0.3, description="low_sync_conf below this (peak minus median correlation)")
+    landmarks_method: Literal["cca", "envelope"] = Field("cca", description="cca: lip/jaw geometry vs. log-mel bands through a canonical projection fitted on in-sync footage, correlated per lag (curation/perception/avsync.py); envelope: the first estimator, mouth opening vs. 1.5-3.5 kHz energy")
+    landmarks_min_conf: float = Field(0.3, description="low_sync_conf below this (cca: how far the best lag stands out, a robust z-score; envelope: peak minus median correlation)")
+    landmarks_envelope_min_conf: float = Field(0.3, description="cca: the envelope estimator's confidence (peak minus median correlation) that, at an offset agreeing with the cca one, passes a clip whose cca confidence is under landmarks_min_conf")
+    landmarks_vote_frames: int = Field(2, ge=0, description="cca: the two estimators agree when their offsets differ by at most this (frames)")
+    landmarks_not_speaker_conf: float = Field(0.0, description="not_speaker below this confidence (speech and a face, but no lag at which the lips follow the speech)")
+    landmarks_shift_min_conf: float = Field(0.3, description="the audio of a kept clip is shifted by its offset only at this confidence or above")
+    landmarks_projection: str | None = Field(None, description="cca: projection file (json, curation/perception/avsync.py); None = the packaged one, fitted on the shared in-sync footage")
     landmarks_lag_correction: int = Field(0, ge=-10, le=10, description="constant lag (frames) of mouth vs. envelope on in-sync footage, subtracted")
     landmarks_min_face_frac: float = Field(0.5, ge=0, le=1, description="low_sync_conf when the landmarker finds the face in fewer frames")
-    landmarks_band_hz: tuple[float, float] = Field((1500.0, 3500.0), description="speech envelope band")
+    landmarks_band_hz: tuple[float, float] = Field((1500.0, 3500.0), description="audio band (envelope: band energy; cca: the mel bands span it)")
     landmarks_detrend_frames: int = Field(25, ge=0, description="moving average removed from both signals (frames)")
     landmarks_crop_px: int = Field(256, ge=64, description="face crops fed to the landmarker are this size")
     landmarks_face_scale: float = Field(2.0, gt=1, description="face crop side / median face box side")
@@ -71,6 +78,7 @@ class SyncStage(Stage):
         self._vad = None
         self._mouth = None
         self._syncnet = None
+        self._proj = None
 
     @classmethod
     def required_weights(cls, params: SyncParams) -> list[str]:
@@ -119,24 +127,47 @@ class SyncStage(Stage):
         ratio = self._get_vad().speech_ratio(audio, p.vad_threshold) if len(audio) else 0.0
         self.check(rec, "speech_ratio", ratio, reason="no_speech", min=p.min_speech_ratio)
         if not rec.alive:
-            for k in ("sync_conf", "sync_offset", "sync_shift_frames"):
+            for k in ("sync_conf", "sync_offset", "sync_shift_frames", "sync_shift"):
                 rec.scores[k] = None
             return rec
-        track = rec.data.get("face_track")
-        if not track or not any(b is not None for b in track.get("boxes", [])):
-            raise ValueError("no face track: the sync stage needs the person stage's rec.data['face_track']")
-        times = frame_times(rec.start_s, rec.end_s, FPS)
-        boxes = boxes_at(track, times)
-        w, h = int(rec.probe["width"]), int(rec.probe["height"])
 
         if p.backend == "syncnet":
+            track = rec.data.get("face_track")
+            if not track or not any(b is not None for b in track.get("boxes", [])):
+                raise ValueError("no face track: the sync stage needs the person stage's rec.data['face_track']")
+            boxes = boxes_at(track, frame_times(rec.start_s, rec.end_s, SYNCNET_FPS))
+            w, h = int(rec.probe["width"]), int(rec.probe["height"])
             offset, conf, min_conf = self._syncnet_offset(rec, audio, boxes, w, h)
+            shift_conf, why = min_conf, ""
         else:
-            offset, conf, min_conf = self._landmarks_offset(rec, audio, boxes, w, h)
+            m = self._landmarks_offset(rec, audio)
+            offset, conf, why = m["offset"], m["conf"], m["why"]
+            min_conf, shift_conf = p.landmarks_min_conf, p.landmarks_shift_min_conf
 
-        ok_conf = self.check(rec, "sync_conf", conf, reason="low_sync_conf", min=min_conf)
+        if offset is None or conf is None:  # nothing measured: missing, never a number that reads "in sync"
+            for k in ("sync_conf", "sync_offset", "sync_shift_frames", "sync_shift"):
+                rec.scores[k] = None
+            self.reject(rec, "low_sync_conf", f"sync not measured: {why}")
+            rec.data.pop("audio_shift_frames", None)
+            return rec
+        if p.backend == "landmarks":
+            rec.scores["sync_conf"] = float(conf)
+            reason = landmarks_conf_verdict(m, p)
+            ok_conf = reason is None
+            if reason:
+                self.reject(rec, reason, f"sync_conf={conf:.3g} (needs >= {p.landmarks_min_conf:g}, or the envelope "
+                                         f"estimator's {m['conf_envelope'] if m['conf_envelope'] is None else round(m['conf_envelope'], 3)} "
+                                         f">= {p.landmarks_envelope_min_conf:g} at an offset within "
+                                         f"{p.landmarks_vote_frames} frames of {offset}; not_speaker under "
+                                         f"{p.landmarks_not_speaker_conf:g})")
+        else:
+            ok_conf = self.check(rec, "sync_conf", conf, reason="low_sync_conf", min=min_conf)
         ok_off = self.check(rec, "sync_offset", offset, reason="av_offset", min=-p.max_abs_offset, max=p.max_abs_offset)
-        shift = int(offset) if (ok_conf and ok_off and p.shift_audio) else 0
+        shift, decision = shift_decision(int(offset), float(conf), ok_conf and ok_off, p.shift_audio, shift_conf)
+        if decision == "unsure" and p.unsure_offset == "reject":
+            self.reject(rec, "unsure_offset", f"sync_offset={offset} with sync_conf={conf:.3g} < {shift_conf:g} "
+                                              "(the confidence needed to shift the audio)")
+        rec.scores["sync_shift"] = decision
         rec.scores["sync_shift_frames"] = float(shift)
         if shift:
             rec.data["audio_shift_frames"] = shift
@@ -152,36 +183,119 @@ class SyncStage(Stage):
         region = sn.union_region(rects, w, h)
         if region is None:
             raise ValueError("the face track's crops lie outside the frame")
-        frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=FPS, crop=region, pix_fmt="bgr24",
+        frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=SYNCNET_FPS, crop=region, pix_fmt="bgr24",
                              timeout=self.ctx.timeout_s)
         res = self._get_syncnet().evaluate(sn.iter_crops(frames, region[:2], rects), sn.to_int16(audio), p.vshift)
         rec.scores["sync_min_dist"] = res.min_dist
         rec.scores["sync_offset_syncnet"] = float(res.syncnet_offset)  # syncnet-python's own sign
         return res.offset, res.conf, p.syncnet_min_conf
 
-    def _landmarks_offset(self, rec, audio, boxes, w, h):
-        from curation.perception.lipsignal import face_crops, fill_gaps, lagged_ncc, offset_and_confidence, speech_envelope
+    def face_landmarks(self, rec: ClipRecord) -> dict[str, np.ndarray]:
+        """The landmarks backend's video side, once per clip: FaceLandmarker on per-frame face crops at the
+        manifest's fps -> {"points": (N, K, 2) float32 lip/jaw/reference landmarks (NaN: no face), "found"}.
+        Small arrays (about 2 KB a frame) that any number of audio tracks can be scored against (`measure`)."""
+        from curation.perception.lipsignal import face_crops
 
         p: SyncParams = self.params
+        fps = self.ctx.fps
+        track = rec.data.get("face_track")
+        if not track or not any(b is not None for b in track.get("boxes", [])):
+            raise ValueError("no face track: the sync stage needs the person stage's rec.data['face_track']")
+        boxes = boxes_at(track, frame_times(rec.start_s, rec.end_s, fps))
+        w, h = int(rec.probe["width"]), int(rec.probe["height"])
         rects, region, out_size = face_crop_plan(boxes, w, h, p.landmarks_face_scale, p.landmarks_crop_px)
-        frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=FPS, crop=region, size=out_size,
+        frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=fps, crop=region, size=out_size,
                              pix_fmt="rgb24", timeout=self.ctx.timeout_s)
-        sig = self._get_mouth().signals(face_crops(frames, region, rects, p.landmarks_crop_px), fps=FPS)
-        n = len(sig["lips"])
-        face_frac = float(sig["found"].mean()) if n else 0.0
+        return self._get_mouth().landmarks(face_crops(frames, region, rects, p.landmarks_crop_px), fps=fps)
+
+    def _get_projection(self) -> dict:
+        if self._proj is None:
+            from curation.perception import avsync
+
+            path = self.params.landmarks_projection
+            self._proj = avsync.load_projection(path) if path else avsync.load_projection()
+        return self._proj
+
+    def measure(self, landmarks: dict[str, np.ndarray], audio: np.ndarray, projection: dict | None = None) -> dict:
+        """One audio track against a clip's landmarks: {"offset", "conf"} of the manifest's estimator
+        (`landmarks_method`; None when nothing could be measured, with "why"), and for `cca` also
+        {"offset_envelope", "conf_envelope"} of the envelope estimator (the second vote; same landmarks)."""
+        from curation.perception.lipsignal import (fill_gaps, lagged_ncc, mouth_opening, offset_and_confidence,
+                                                   speech_envelope)
+
+        p: SyncParams = self.params
+        fps = self.ctx.fps
+        pts = landmarks["points"]
+        n = min(len(pts), int(len(audio) * fps / AUDIO_RATE))  # frames that have audio
+        out = {"offset": None, "conf": None, "offset_envelope": None, "conf_envelope": None, "why": ""}
+        lips = mouth_opening(pts[:n])
+        if n >= 2 * p.vshift + 20 and np.isfinite(lips).any():
+            env = speech_envelope(audio, n, AUDIO_RATE, fps, tuple(p.landmarks_band_hz))
+            lag, conf, _ = offset_and_confidence(lagged_ncc(fill_gaps(lips), env, p.vshift, p.landmarks_detrend_frames))
+            out["offset_envelope"], out["conf_envelope"] = lag - p.landmarks_lag_correction, conf
+        else:
+            out["why"] = f"{n} frames with audio and a face: too few to search +-{p.vshift} frames"
+        if p.landmarks_method == "envelope":
+            out["offset"], out["conf"] = out["offset_envelope"], out["conf_envelope"]
+            out["offset_envelope"] = out["conf_envelope"] = None
+            return out
+        from curation.perception import avsync
+
+        proj = projection if projection is not None else self._get_projection()
+        v = avsync.geometry_features(pts[:n], int(proj["detrend_frames"]))
+        a = avsync.audio_features(audio, n, AUDIO_RATE, fps, int(proj["n_mels"]), tuple(proj["band"]),
+                                  int(proj["context"]), int(proj["detrend_frames"]))
+        est = avsync.estimate(v, a, proj["video"], proj["audio"], p.vshift)
+        if est.offset is None:
+            out["why"] = est.why_none
+        else:
+            out["offset"], out["conf"] = est.offset - p.landmarks_lag_correction, est.conf
+        return out
+
+    def _landmarks_offset(self, rec, audio):
+        p: SyncParams = self.params
+        lm = self.face_landmarks(rec)
+        n = len(lm["found"])
+        face_frac = float(lm["found"].mean()) if n else 0.0
         self.check(rec, "sync_face_frac", face_frac, reason="low_sync_conf", min=p.landmarks_min_face_frac)
-        n = min(n, int(len(audio) * FPS / AUDIO_RATE))  # frames that have audio (a short audio track ends early)
-        if n < 2 * p.vshift or not np.isfinite(sig["lips"][:n]).any():
-            return 0, 0.0, p.landmarks_min_conf
-        env = speech_envelope(audio, n, AUDIO_RATE, FPS, tuple(p.landmarks_band_hz))
-        ncc = lagged_ncc(fill_gaps(sig["lips"][:n]), env, p.vshift, p.landmarks_detrend_frames)
-        lag, conf, _peak = offset_and_confidence(ncc)
-        return lag - p.landmarks_lag_correction, conf, p.landmarks_min_conf
+        m = self.measure(lm, audio)
+        rec.scores["sync_offset_envelope"] = None if m["offset_envelope"] is None else float(m["offset_envelope"])
+        rec.scores["sync_conf_envelope"] = m["conf_envelope"]
+        return m
 
     def close(self) -> None:
         if self._mouth is not None:
             self._mouth.close()
         self._vad = self._mouth = self._syncnet = None
+
+
+def landmarks_conf_verdict(m: dict, p: SyncParams) -> str | None:
+    """The landmarks backend's confidence test on `measure`'s result (offset and conf not None): None (the
+    lips follow the speech), `not_speaker` or `low_sync_conf`. Confident = the cca estimator's confidence is
+    at least landmarks_min_conf, or the envelope estimator's is at least landmarks_envelope_min_conf at an
+    offset within landmarks_vote_frames of the cca offset (two independent estimators agreeing). Otherwise
+    not_speaker when the cca confidence is under landmarks_not_speaker_conf (the level of other speakers'
+    speech), else low_sync_conf."""
+    if m["conf"] >= p.landmarks_min_conf:
+        return None
+    ce, oe = m.get("conf_envelope"), m.get("offset_envelope")
+    if ce is not None and ce >= p.landmarks_envelope_min_conf and abs(oe - m["offset"]) <= p.landmarks_vote_frames:
+        return None
+    return "not_speaker" if m["conf"] < p.landmarks_not_speaker_conf else "low_sync_conf"
+
+
+def shift_decision(offset: int, conf: float, kept: bool, shift_audio: bool, shift_min_conf: float) -> tuple[int, str]:
+    """(frames to shift the audio by, what was decided): `none` (offset 0 or the clip is rejected), `off`
+    (shift_audio is false), `shifted` (the confidence supports the offset), `unsure` (kept with a non-zero
+    offset whose confidence is under `shift_min_conf`: the audio is left as it is, or the clip rejected, as
+    the manifest's `unsure_offset` says)."""
+    if not kept or offset == 0:
+        return 0, "none"
+    if not shift_audio:
+        return 0, "off"
+    if conf >= shift_min_conf:
+        return offset, "shifted"
+    return 0, "unsure"
 
 
 def face_crop_plan(boxes: np.ndarray, width: int, height: int, face_scale: float, crop_px: int):
