@@ -14,18 +14,20 @@ and scores each with the real sync stage: the person stage's face track, the sta
 
 It prints, for the manifest's sync params (with --set overrides; --method envelope is the first estimator):
 - offset error on originals and shifted versions: mean |error|, 90th percentile, share within +-1 frame;
-- keep/reject at the manifest's thresholds (keep = confidence >= landmarks_min_conf and |offset| <=
-  max_abs_offset; should keep: originals and +-2-frame shifts; should reject: +-5, +-10 and swapped);
-  precision and recall of "keep";
-- the same decisions with thresholds chosen leave-one-clip-out (every threshold chosen on the other clips
-  only, applied to the held-out clip's variants): lag correction = median offset of the other originals;
-  min_conf = the best separating threshold of in-sync originals against swapped pairs; shift_min_conf = the
-  lowest confidence above which every kept clip of the others would have its audio within +-1 frame of the
-  truth after the writer's shift; not_speaker = under the lowest confidence of any other original;
+- keep/reject at the manifest's thresholds, with the stage's own decision functions (landmarks_conf_verdict,
+  max_abs_offset, shift_decision); should keep: originals and +-2-frame shifts; should reject: +-5, +-10 and
+  swapped; precision and recall of "keep";
+- the same decisions cross-validated leave-one-clip-out: the held-out clip is scored with a cca projection
+  fitted on the other clips only, and judged with thresholds chosen on the other clips only: lag correction =
+  median offset of their originals; min_conf = the best separating threshold of their in-sync originals
+  against their swapped pairs; not_speaker = the median confidence of their swapped pairs; shift_min_conf =
+  the lowest confidence above which every kept clip of theirs lands within +-1 frame after the writer's shift
+  and above every original of theirs that is 2+ frames off (the envelope vote keeps the manifest's values);
 - confidence of in-sync against mismatched: best separating threshold and its error rate (all clips, and LOO);
 - for in-sync originals, how far from the truth each kept clip's audio ends after the writer's shift;
 - CPU seconds (this process and its ffmpeg children) per footage-second of the stage: the landmark pass, the
   audio decode, Silero VAD and one estimate. The person stage is not counted (it runs anyway).
+--fit writes the cca projection fitted on every in-sync clip (the packaged avsync_projection.json).
 
 The landmarks, the audio variants and the face tracks are cached in --cache (the landmarks under the decode
 settings in their key), so a second run with other estimator settings takes seconds."""

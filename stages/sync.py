@@ -1,24 +1,36 @@
 """Sync: is there speech, and do the lips move with it? Measures the audio-visual offset of each clip on the
-face track of the person stage (no second face detection), rejects clips without speech or out of sync,
-and hands the measured offset of kept clips to the writer, which shifts their audio by it.
+face track of the person stage (no second face detection), rejects clips without speech, out of sync or
+whose speech is not the visible person's, and hands the writer the offset of kept clips when the evidence
+supports shifting their audio by it.
 
-Convention: offsets in video frames at 25 fps; positive = the audio lags the video (the writer takes the
-audio `offset` frames later to put it in sync).
+Convention: offsets in video frames (the manifest's fps; 25 in every shipped manifest); positive = the audio
+lags the video (the writer takes the audio `offset` frames later to put it in sync).
 
 Backends:
-- `landmarks` (weights-free; the default manifest): MediaPipe FaceLandmarker on per-frame face crops at
-  25 fps -> inner-lip opening / inter-ocular distance; the audio's 1.5-3.5 kHz log energy per video frame;
-  normalised cross-correlation over +-vshift frames. offset = best lag - `landmarks_lag_correction` (the
-  constant lag of these two signals on in-sync footage); confidence = the peak correlation minus the
-  median correlation of the lags more than 2 frames from it.
+- `landmarks` (weights-free; the default manifest): MediaPipe FaceLandmarker on per-frame face crops ->
+  lip, jaw and reference landmarks per frame, made once per clip (`face_landmarks`: small arrays that any
+  number of audio tracks can be scored against with `measure`). Two estimators on them:
+  `cca` (curation/perception/avsync.py): lip/jaw geometry against log-mel context through a canonical
+  projection fitted on in-sync footage, correlated per lag; confidence = how far the best lag stands out
+  (robust z-score);
+  `envelope` (curation/perception/lipsignal.py, the first estimator): mouth opening against 1.5-3.5 kHz log
+  energy, normalised cross-correlation; confidence = peak minus median correlation.
+  With `landmarks_method: cca` a clip passes the confidence test when the cca confidence reaches
+  landmarks_min_conf, or the envelope's reaches landmarks_envelope_min_conf at an offset agreeing with the
+  cca one (landmarks_conf_verdict); failing both, `not_speaker` under landmarks_not_speaker_conf, else
+  `low_sync_conf`. A kept clip's audio is shifted only at landmarks_shift_min_conf or above
+  (shift_decision); otherwise it is kept unshifted or rejected (`unsure_offset`), as the manifest says.
 - `syncnet` (the TalkVerse recipe; needs syncnet_v2.model): syncnet-python's network, crops, MFCC, offset
-  search and confidence (median minus minimum mean distance), batched (curation/syncnet.py).
+  search and confidence (median minus minimum mean distance), batched (curation/syncnet.py), at 25 fps.
 
-Both: Silero VAD speech ratio first (no_speech), then confidence (low_sync_conf), then offset (av_offset).
-Scores: sync_backend, speech_ratio, sync_conf, sync_offset, sync_min_dist and sync_offset_syncnet (syncnet:
-minimum mean distance; the offset in syncnet-python's own sign, = -sync_offset), sync_face_frac (landmarks:
-share of frames where the landmarker found the face), sync_shift_frames (the audio shift applied, frames).
-Kept clips with a non-zero offset get rec.data["audio_shift_frames"] = offset (the writer applies it)."""
+Both: Silero VAD speech ratio first (no_speech), then confidence, then offset (av_offset). When nothing could
+be measured (too few frames with audio and a face), sync_offset and sync_conf are null and the clip is
+rejected as low_sync_conf with the reason in its message.
+Scores: sync_backend, speech_ratio, sync_conf, sync_offset, sync_shift (none / shifted / unsure / off),
+sync_shift_frames (the audio shift applied, frames), sync_min_dist and sync_offset_syncnet (syncnet: minimum
+mean distance; the offset in syncnet-python's own sign, = -sync_offset), sync_face_frac, sync_offset_envelope
+and sync_conf_envelope (landmarks). Kept clips whose audio is to be shifted get rec.data["audio_shift_frames"]
+(the writer applies it)."""
 
 from __future__ import annotations
 
