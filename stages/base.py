@@ -45,6 +45,7 @@ class Check:
     doc: str = ""
     hard: bool = False
     when: tuple[tuple[str, Any], ...] = ()
+    unless: str = ""  # a recorded score that, when 1 (true), passes the clip whatever its value (a second vote)
 
     def applies(self, params: BaseModel) -> bool:
         return all(getattr(params, k) == v for k, v in self.when)
@@ -185,7 +186,7 @@ class Stage:
             raise KeyError(f"stage {self.name}: no check declared on score {score!r} (Params.checks)")
         ok = True
         for c in decl:
-            if not c.applies(self.params):
+            if not c.applies(self.params) or (c.unless and rec.scores.get(c.unless)):
                 continue
             bound = c.bound(self.params)
             if bound is None or c.passes(rec.scores[score], bound):

@@ -1,25 +1,36 @@
 """Sync: is there speech, and do the lips move with it? Measures the audio-visual offset of each clip on the
-face track of the person stage (no second face detection), rejects clips without speech or out of sync,
-and hands the measured offset of kept clips to the writer, which shifts their audio by it.
+face track of the person stage (no second face detection), rejects clips without speech, out of sync or
+whose speech is not the visible person's, and hands the writer the offset of kept clips when the evidence
+supports shifting their audio by it.
 
-Convention: offsets in frames of the analysis rate (syncnet: SyncNet's 25 fps; landmarks: the manifest's
-video fps); positive = the audio lags the video (the writer takes the audio that much later to put it in
-sync; the shift it gets is in frames of the video rate).
+Convention: offsets in video frames (the manifest's fps; 25 in every shipped manifest); positive = the audio
+lags the video (the writer takes the audio `offset` frames later to put it in sync).
 
 Backends:
-- `landmarks` (weights-free; the default manifest): MediaPipe FaceLandmarker on per-frame face crops at
-  the video rate -> inner-lip opening / inter-ocular distance; the audio's 1.5-3.5 kHz log energy per video frame;
-  normalised cross-correlation over +-vshift frames. offset = best lag - `landmarks_lag_correction` (the
-  constant lag of these two signals on in-sync footage); confidence = the peak correlation minus the
-  median correlation of the lags more than 2 frames from it.
+- `landmarks` (weights-free; the default manifest): MediaPipe FaceLandmarker on per-frame face crops ->
+  lip, jaw and reference landmarks per frame, made once per clip (`face_landmarks`: small arrays that any
+  number of audio tracks can be scored against with `measure`). Two estimators on them:
+  `cca` (curation/perception/avsync.py): lip/jaw geometry against log-mel context through a canonical
+  projection fitted on in-sync footage, correlated per lag; confidence = how far the best lag stands out
+  (robust z-score);
+  `envelope` (curation/perception/lipsignal.py, the first estimator): mouth opening against 1.5-3.5 kHz log
+  energy, normalised cross-correlation; confidence = peak minus median correlation.
+  With `landmarks_method: cca` a clip passes the confidence test when the cca confidence reaches
+  landmarks_min_conf, or the envelope's reaches landmarks_envelope_min_conf at an offset agreeing with the
+  cca one (sync_vote, the checks' `unless`); failing both, `not_speaker` under landmarks_not_speaker_conf, else
+  `low_sync_conf`. A kept clip's audio is shifted only at landmarks_shift_min_conf or above
+  (shift_decision); otherwise it is kept unshifted or rejected (`unsure_offset`), as the manifest says.
 - `syncnet` (the TalkVerse recipe; needs syncnet_v2.model): syncnet-python's network, crops, MFCC, offset
-  search and confidence (median minus minimum mean distance), batched (curation/syncnet.py).
+  search and confidence (median minus minimum mean distance), batched (curation/syncnet.py), at 25 fps.
 
-Both: Silero VAD speech ratio first (no_speech), then confidence (low_sync_conf), then offset (av_offset).
-Scores: sync_backend, speech_ratio, sync_conf, sync_offset, sync_min_dist and sync_offset_syncnet (syncnet:
-minimum mean distance; the offset in syncnet-python's own sign, = -sync_offset), sync_face_frac (landmarks:
-share of frames where the landmarker found the face), sync_shift_frames (the audio shift applied, frames).
-Kept clips with a non-zero offset get rec.data["audio_shift_frames"] = offset (the writer applies it)."""
+Both: Silero VAD speech ratio first (no_speech), then confidence, then offset (av_offset). When nothing could
+be measured (too few frames with audio and a face), sync_offset and sync_conf are null and the clip is
+rejected as low_sync_conf with the reason in its message.
+Scores: sync_backend, speech_ratio, sync_conf, sync_offset, sync_shift (none / shifted / unsure / off),
+sync_shift_frames (the audio shift applied, frames), sync_min_dist and sync_offset_syncnet (syncnet: minimum
+mean distance; the offset in syncnet-python's own sign, = -sync_offset), sync_face_frac, sync_offset_envelope
+and sync_conf_envelope (landmarks). Kept clips whose audio is to be shifted get rec.data["audio_shift_frames"]
+(the writer applies it)."""
 
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ from curation.perception.tracks import boxes_at, frame_times
 from curation.weights import REGISTRY, resolve
 from stages.base import Check, Params, Stage
 
-SYNCNET_FPS = 25.0  # SyncNet's input rate (the network is trained on 25 fps video): a property of the model
+SYNCNET_FPS = 25.0  # SyncNet works at 25 fps (its windows and audio hop assume it)
 AUDIO_RATE = 16000
 
 
@@ -42,15 +53,22 @@ class SyncParams(Params):
     backend: Literal["landmarks", "syncnet"] = "landmarks"
     vshift: int = Field(15, ge=1, le=30, description="offsets searched: -vshift..+vshift frames")
     max_abs_offset: int = Field(3, ge=0, description="av_offset when |offset| exceeds this (frames at 25 fps)")
-    shift_audio: bool = Field(True, description="kept clips with a non-zero offset get their audio shifted by it")
+    shift_audio: bool = Field(True, description="kept clips with a non-zero offset get their audio shifted by it (landmarks: when the confidence supports it)")
+    unsure_offset: Literal["keep_unshifted", "reject"] = Field("keep_unshifted", description="a kept clip whose non-zero offset is not confident enough to shift by: kept with its audio as it is, or rejected as unsure_offset")
     # -- speech presence (both backends) --
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability that counts a 32 ms chunk as speech")
     min_speech_ratio: float = Field(0.02, ge=0, le=1, description="no_speech below this share of speech chunks")
     # -- landmarks backend --
-    landmarks_min_conf: float = Field(0.3, description="low_sync_conf below this (peak minus median correlation)")
+    landmarks_method: Literal["cca", "envelope"] = Field("cca", description="cca: lip/jaw geometry vs. log-mel bands through a canonical projection fitted on in-sync footage, correlated per lag (curation/perception/avsync.py); envelope: the first estimator, mouth opening vs. 1.5-3.5 kHz energy")
+    landmarks_min_conf: float = Field(0.3, description="low_sync_conf below this (cca: how far the best lag stands out, a robust z-score; envelope: peak minus median correlation)")
+    landmarks_envelope_min_conf: float = Field(0.3, description="cca: the envelope estimator's confidence (peak minus median correlation) that, at an offset agreeing with the cca one, passes a clip whose cca confidence is under landmarks_min_conf")
+    landmarks_vote_frames: int = Field(2, ge=0, description="cca: the two estimators agree when their offsets differ by at most this (frames)")
+    landmarks_not_speaker_conf: float = Field(0.0, description="not_speaker below this confidence (speech and a face, but no lag at which the lips follow the speech)")
+    landmarks_shift_min_conf: float = Field(0.3, description="the audio of a kept clip is shifted by its offset only at this confidence or above")
+    landmarks_projection: str | None = Field(None, description="cca: projection file (json, curation/perception/avsync.py); None = the packaged one, fitted on the shared in-sync footage")
     landmarks_lag_correction: int = Field(0, ge=-10, le=10, description="constant lag (frames) of mouth vs. envelope on in-sync footage, subtracted")
     landmarks_min_face_frac: float = Field(0.5, ge=0, le=1, description="low_sync_conf when the landmarker finds the face in fewer frames")
-    landmarks_band_hz: tuple[float, float] = Field((1500.0, 3500.0), description="speech envelope band")
+    landmarks_band_hz: tuple[float, float] = Field((1500.0, 3500.0), description="audio band (envelope: band energy; cca: the mel bands span it)")
     landmarks_detrend_frames: int = Field(25, ge=0, description="moving average removed from both signals (frames)")
     landmarks_crop_px: int = Field(256, ge=64, description="face crops fed to the landmarker are this size")
     landmarks_face_scale: float = Field(2.0, gt=1, description="face crop side / median face box side")
@@ -65,8 +83,13 @@ class SyncParams(Params):
         Check("speech_ratio", "min_speech_ratio", "min", "no_speech", "too little speech (Silero VAD)"),
         Check("sync_face_frac", "landmarks_min_face_frac", "min", "low_sync_conf",
               "the face landmarker found the face on too few frames", when=(("backend", "landmarks"),)),
+        # landmarks: unless the envelope estimator vouches for the clip (sync_vote 1: its confidence at least
+        # landmarks_envelope_min_conf at an offset within landmarks_vote_frames of the cca one)
+        Check("sync_conf", "landmarks_not_speaker_conf", "min", "not_speaker",
+              "speech and a face, but at no lag do the lips follow the speech: the voice is not the visible person's",
+              when=(("backend", "landmarks"),), unless="sync_vote"),
         Check("sync_conf", "landmarks_min_conf", "min", "low_sync_conf", "lips and speech do not correlate enough",
-              when=(("backend", "landmarks"),)),
+              when=(("backend", "landmarks"),), unless="sync_vote"),
         Check("sync_conf", "syncnet_min_conf", "min", "low_sync_conf", "SyncNet's confidence is too low",
               when=(("backend", "syncnet"),)),
         Check("sync_offset", "max_abs_offset", "max_abs", "av_offset", "audio and video are too far apart (frames)"),
@@ -80,8 +103,18 @@ class SyncStage(Stage):
     uses_models = True
     records = {"sync_shift_frames": "the audio shift applied by the writer (frames at the video rate)",
                "sync_min_dist": "syncnet: minimum mean embedding distance",
-               "sync_offset_syncnet": "syncnet: the offset in syncnet-python's own sign (= -sync_offset)"}
-    labels = {"sync_backend": "the sync backend (landmarks or syncnet)"}
+               "sync_offset_syncnet": "syncnet: the offset in syncnet-python's own sign (= -sync_offset)",
+               "sync_offset_envelope": "landmarks: the envelope estimator's offset (frames)",
+               "sync_conf_envelope": "landmarks: the envelope estimator's confidence (peak minus median correlation)",
+               "sync_vote": "landmarks: 1 when the envelope estimator vouches for the cca offset, else 0"}
+    labels = {"sync_backend": "the sync backend (landmarks or syncnet)",
+              "sync_shift": "what the writer does with the audio: none, shifted, unsure (kept unshifted) or off"}
+    hard_reasons = {
+        "low_sync_conf": "sync could not be measured (too few frames with a face and audio): offset and confidence "
+                         "are null, the message says why",
+        "unsure_offset": "kept with a non-zero offset not confident enough to shift the audio by, and the manifest's "
+                         "unsure_offset says reject",
+    }
 
     def analysis_fps(self) -> float:
         """The frame rate the offset is measured at (sync_offset counts these frames): SyncNet's own 25 fps,
@@ -93,6 +126,7 @@ class SyncStage(Stage):
         self._vad = None
         self._mouth = None
         self._syncnet = None
+        self._proj = None
 
     @classmethod
     def required_weights(cls, params: SyncParams) -> list[str]:
@@ -141,31 +175,49 @@ class SyncStage(Stage):
         ratio = self._get_vad().speech_ratio(audio, p.vad_threshold) if len(audio) else 0.0
         self.check(rec, "speech_ratio", ratio)
         if not rec.alive:
-            for k in ("sync_conf", "sync_offset", "sync_shift_frames"):
-                rec.scores[k] = None
-            return rec
-        track = rec.data.get("face_track")
-        if not track or not any(b is not None for b in track.get("boxes", [])):
-            raise ValueError("no face track: the sync stage needs the person stage's rec.data['face_track']")
-        times = frame_times(rec.start_s, rec.end_s, self.analysis_fps())
-        boxes = boxes_at(track, times)
-        w, h = int(rec.probe["width"]), int(rec.probe["height"])
+            return self._unmeasured(rec)
 
         if p.backend == "syncnet":
-            offset, conf, _ = self._syncnet_offset(rec, audio, boxes, w, h)
+            track = rec.data.get("face_track")
+            if not track or not any(b is not None for b in track.get("boxes", [])):
+                raise ValueError("no face track: the sync stage needs the person stage's rec.data['face_track']")
+            boxes = boxes_at(track, frame_times(rec.start_s, rec.end_s, SYNCNET_FPS))
+            w, h = int(rec.probe["width"]), int(rec.probe["height"])
+            offset, conf, min_conf = self._syncnet_offset(rec, audio, boxes, w, h)
+            shift_conf, why = min_conf, ""
         else:
-            offset, conf, _ = self._landmarks_offset(rec, audio, boxes, w, h)
+            m = self._landmarks_offset(rec, audio)
+            offset, conf, why = m["offset"], m["conf"], m["why"]
+            shift_conf = p.landmarks_shift_min_conf
+            if offset is not None and conf is not None:
+                self.record(rec, "sync_vote", 1.0 if envelope_vouches(m, p) else 0.0)
 
+        if offset is None or conf is None:  # nothing measured: missing, never a number that reads "in sync"
+            if rec.alive:
+                self.reject(rec, "low_sync_conf", f"sync not measured: {why}")
+            return self._unmeasured(rec)
         ok_conf = self.check(rec, "sync_conf", conf)
         ok_off = self.check(rec, "sync_offset", offset)
-        shift = int(offset) if (ok_conf and ok_off and p.shift_audio) else 0
-        if self.analysis_fps() != self.ctx.fps:  # the writer counts the shift in frames of the video rate
+        shift, decision = shift_decision(int(offset), float(conf), ok_conf and ok_off, p.shift_audio, shift_conf)
+        if decision == "unsure" and p.unsure_offset == "reject":
+            self.reject(rec, "unsure_offset", f"sync_offset={offset} with sync_conf={conf:.3g} < {shift_conf:g} "
+                                              "(the confidence needed to shift the audio)")
+        if shift and self.analysis_fps() != self.ctx.fps:  # the writer counts the shift in frames of the video rate
             shift = round(shift * self.ctx.fps / self.analysis_fps(), 3)
-        self.record(rec, "sync_shift_frames", shift)
+        self.label(rec, "sync_shift", decision)
+        self.record(rec, "sync_shift_frames", float(shift))
         if shift:
             rec.data["audio_shift_frames"] = shift
         else:
             rec.data.pop("audio_shift_frames", None)
+        return rec
+
+    def _unmeasured(self, rec: ClipRecord) -> ClipRecord:
+        """No offset measured (no speech, or too little to measure): null scores, no shift."""
+        for k in ("sync_conf", "sync_offset", "sync_shift_frames"):
+            rec.scores[k] = None
+        rec.labels["sync_shift"] = None
+        rec.data.pop("audio_shift_frames", None)
         return rec
 
     def _syncnet_offset(self, rec, audio, boxes, w, h):
@@ -179,34 +231,123 @@ class SyncStage(Stage):
         frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=SYNCNET_FPS, crop=region, pix_fmt="bgr24",
                              timeout=self.ctx.timeout_s)
         res = self._get_syncnet().evaluate(sn.iter_crops(frames, region[:2], rects), sn.to_int16(audio), p.vshift)
-        rec.scores["sync_min_dist"] = res.min_dist
-        rec.scores["sync_offset_syncnet"] = float(res.syncnet_offset)  # syncnet-python's own sign
+        self.record(rec, "sync_min_dist", res.min_dist)
+        self.record(rec, "sync_offset_syncnet", float(res.syncnet_offset))  # syncnet-python's own sign
         return res.offset, res.conf, p.syncnet_min_conf
 
-    def _landmarks_offset(self, rec, audio, boxes, w, h):
-        from curation.perception.lipsignal import face_crops, fill_gaps, lagged_ncc, offset_and_confidence, speech_envelope
+    def face_landmarks(self, rec: ClipRecord) -> dict[str, np.ndarray]:
+        """The landmarks backend's video side, once per clip: FaceLandmarker on per-frame face crops at the
+        manifest's fps -> {"points": (N, K, 2) float32 lip/jaw/reference landmarks (NaN: no face), "found"}.
+        Small arrays (about 2 KB a frame) that any number of audio tracks can be scored against (`measure`)."""
+        from curation.perception.lipsignal import face_crops
 
         p: SyncParams = self.params
+        fps = self.ctx.fps
+        track = rec.data.get("face_track")
+        if not track or not any(b is not None for b in track.get("boxes", [])):
+            raise ValueError("no face track: the sync stage needs the person stage's rec.data['face_track']")
+        boxes = boxes_at(track, frame_times(rec.start_s, rec.end_s, fps))
+        w, h = int(rec.probe["width"]), int(rec.probe["height"])
         rects, region, out_size = face_crop_plan(boxes, w, h, p.landmarks_face_scale, p.landmarks_crop_px)
-        fps = self.analysis_fps()
         frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=fps, crop=region, size=out_size,
                              pix_fmt="rgb24", timeout=self.ctx.timeout_s)
-        sig = self._get_mouth().signals(face_crops(frames, region, rects, p.landmarks_crop_px), fps=fps)
-        n = len(sig["lips"])
-        face_frac = float(sig["found"].mean()) if n else 0.0
+        return self._get_mouth().landmarks(face_crops(frames, region, rects, p.landmarks_crop_px), fps=fps)
+
+    def _get_projection(self) -> dict:
+        if self._proj is None:
+            from curation.perception import avsync
+
+            path = self.params.landmarks_projection
+            self._proj = avsync.load_projection(path) if path else avsync.load_projection()
+        return self._proj
+
+    def measure(self, landmarks: dict[str, np.ndarray], audio: np.ndarray, projection: dict | None = None) -> dict:
+        """One audio track against a clip's landmarks: {"offset", "conf"} of the manifest's estimator
+        (`landmarks_method`; None when nothing could be measured, with "why"), and for `cca` also
+        {"offset_envelope", "conf_envelope"} of the envelope estimator (the second vote; same landmarks)."""
+        from curation.perception.lipsignal import (fill_gaps, lagged_ncc, mouth_opening, offset_and_confidence,
+                                                   speech_envelope)
+
+        p: SyncParams = self.params
+        fps = self.ctx.fps
+        pts = landmarks["points"]
+        n = min(len(pts), int(len(audio) * fps / AUDIO_RATE))  # frames that have audio
+        out = {"offset": None, "conf": None, "offset_envelope": None, "conf_envelope": None, "why": ""}
+        lips = mouth_opening(pts[:n])
+        if n >= 2 * p.vshift + 20 and np.isfinite(lips).any():
+            env = speech_envelope(audio, n, AUDIO_RATE, fps, tuple(p.landmarks_band_hz))
+            lag, conf, _ = offset_and_confidence(lagged_ncc(fill_gaps(lips), env, p.vshift, p.landmarks_detrend_frames))
+            out["offset_envelope"], out["conf_envelope"] = lag - p.landmarks_lag_correction, conf
+        else:
+            out["why"] = f"{n} frames with audio and a face: too few to search +-{p.vshift} frames"
+        if p.landmarks_method == "envelope":
+            out["offset"], out["conf"] = out["offset_envelope"], out["conf_envelope"]
+            out["offset_envelope"] = out["conf_envelope"] = None
+            return out
+        from curation.perception import avsync
+
+        proj = projection if projection is not None else self._get_projection()
+        v = avsync.geometry_features(pts[:n], int(proj["detrend_frames"]))
+        a = avsync.audio_features(audio, n, AUDIO_RATE, fps, int(proj["n_mels"]), tuple(proj["band"]),
+                                  int(proj["context"]), int(proj["detrend_frames"]))
+        est = avsync.estimate(v, a, proj["video"], proj["audio"], p.vshift)
+        if est.offset is None:
+            out["why"] = est.why_none
+        else:
+            out["offset"], out["conf"] = est.offset - p.landmarks_lag_correction, est.conf
+        return out
+
+    def _landmarks_offset(self, rec, audio):
+        p: SyncParams = self.params
+        lm = self.face_landmarks(rec)
+        n = len(lm["found"])
+        face_frac = float(lm["found"].mean()) if n else 0.0
         self.check(rec, "sync_face_frac", face_frac)
-        n = min(n, int(len(audio) * fps / AUDIO_RATE))  # frames that have audio (a short audio track ends early)
-        if n < 2 * p.vshift or not np.isfinite(sig["lips"][:n]).any():
-            return 0, 0.0, p.landmarks_min_conf
-        env = speech_envelope(audio, n, AUDIO_RATE, fps, tuple(p.landmarks_band_hz))
-        ncc = lagged_ncc(fill_gaps(sig["lips"][:n]), env, p.vshift, p.landmarks_detrend_frames)
-        lag, conf, _peak = offset_and_confidence(ncc)
-        return lag - p.landmarks_lag_correction, conf, p.landmarks_min_conf
+        m = self.measure(lm, audio)
+        self.record(rec, "sync_offset_envelope", m["offset_envelope"])
+        self.record(rec, "sync_conf_envelope", m["conf_envelope"])
+        return m
 
     def close(self) -> None:
         if self._mouth is not None:
             self._mouth.close()
         self._vad = self._mouth = self._syncnet = None
+
+
+def envelope_vouches(m: dict, p: SyncParams) -> bool:
+    """The second vote of the landmarks backend (`measure`'s result, offset and conf not None): the envelope
+    estimator's confidence is at least landmarks_envelope_min_conf at an offset within landmarks_vote_frames of
+    the cca one (two independent estimators agreeing). Such a clip passes the confidence checks (`sync_vote` 1,
+    the checks' `unless`); otherwise the cca confidence decides: not_speaker under landmarks_not_speaker_conf
+    (the level of other speakers' speech), low_sync_conf under landmarks_min_conf."""
+    if p.landmarks_method != "cca":
+        return False
+    ce, oe = m.get("conf_envelope"), m.get("offset_envelope")
+    return ce is not None and ce >= p.landmarks_envelope_min_conf and abs(oe - m["offset"]) <= p.landmarks_vote_frames
+
+
+def landmarks_conf_verdict(m: dict, p: SyncParams) -> str | None:
+    """What the declared confidence checks decide on `measure`'s result (for benchmarks that score many audio
+    tracks without a record): None (passes), not_speaker or low_sync_conf, in the checks' order."""
+    if envelope_vouches(m, p):
+        return None
+    if m["conf"] < p.landmarks_not_speaker_conf:
+        return "not_speaker"
+    return "low_sync_conf" if m["conf"] < p.landmarks_min_conf else None
+
+
+def shift_decision(offset: int, conf: float, kept: bool, shift_audio: bool, shift_min_conf: float) -> tuple[int, str]:
+    """(frames to shift the audio by, what was decided): `none` (offset 0 or the clip is rejected), `off`
+    (shift_audio is false), `shifted` (the confidence supports the offset), `unsure` (kept with a non-zero
+    offset whose confidence is under `shift_min_conf`: the audio is left as it is, or the clip rejected, as
+    the manifest's `unsure_offset` says)."""
+    if not kept or offset == 0:
+        return 0, "none"
+    if not shift_audio:
+        return 0, "off"
+    if conf >= shift_min_conf:
+        return offset, "shifted"
+    return 0, "unsure"
 
 
 def face_crop_plan(boxes: np.ndarray, width: int, height: int, face_scale: float, crop_px: int):

@@ -47,7 +47,8 @@ def table(manifest: Manifest) -> dict[str, list[dict[str, Any]]]:
             if bound is None or not c.applies(params):
                 continue
             thresholds.append({"stage": spec.name, "score": c.score, "key": c.key, "bound": bound,
-                               "direction": c.direction, "reason": c.reason, "hard": c.hard, "doc": c.doc})
+                               "direction": c.direction, "reason": c.reason, "hard": c.hard,
+                               "unless": c.unless or None, "doc": c.doc})
         for name, doc in cls.records.items():
             scores.append({"stage": spec.name, "score": name, "type": "number", "doc": doc})
         for name, doc in cls.labels.items():

@@ -14,12 +14,35 @@ import numpy as np
 # (their distance, the inter-ocular distance, is the face size that does not move with the jaw).
 INNER_LIP_PAIRS = ((13, 14), (82, 87), (312, 317), (81, 178), (311, 402))
 EYE_CORNERS = (33, 263)
+# Outer and inner lip contours (MediaPipe's FACEMESH_LIPS), the lower face oval (jaw and chin), and the
+# reference points that do not move with speech (eye corners, nose bridge and tip).
+LIP_POINTS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
+              78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415)
+JAW_POINTS = (172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397)
+REF_POINTS = (33, 263, 168, 6, 1)
+FACE_POINTS = LIP_POINTS + JAW_POINTS + REF_POINTS  # the landmarks kept per frame, in this order
+
+
+def point_index(i: int) -> int:
+    """Column of MediaPipe landmark `i` in a `points` array of MouthTracker.landmarks."""
+    return FACE_POINTS.index(i)
+
+
+def mouth_opening(points: np.ndarray) -> np.ndarray:
+    """Mean inner-lip gap / inter-ocular distance per frame (NaN where no face): the single mouth-opening
+    signal of the first landmarks estimator. points: (N, len(FACE_POINTS), 2)."""
+    p = np.asarray(points, np.float64)
+    if not len(p):
+        return np.zeros(0)
+    eye = np.linalg.norm(p[:, point_index(EYE_CORNERS[0])] - p[:, point_index(EYE_CORNERS[1])], axis=1)
+    gap = np.mean([np.linalg.norm(p[:, point_index(a)] - p[:, point_index(b)], axis=1) for a, b in INNER_LIP_PAIRS], 0)
+    return gap / np.maximum(eye, 1e-6)
 
 
 class MouthTracker:
     """FaceLandmarker in VIDEO mode (detection on the first frame, tracking after) on face crops."""
 
-    def __init__(self, model_path: str, blendshapes: bool = False, min_confidence: float = 0.5):
+    def __init__(self, model_path: str, min_confidence: float = 0.5):
         import mediapipe as mp
         from mediapipe.tasks.python import BaseOptions, vision
 
@@ -28,37 +51,32 @@ class MouthTracker:
             base_options=BaseOptions(model_asset_path=str(model_path)),
             running_mode=vision.RunningMode.VIDEO, num_faces=1,
             min_face_detection_confidence=min_confidence, min_face_presence_confidence=min_confidence,
-            min_tracking_confidence=min_confidence, output_face_blendshapes=blendshapes)
+            min_tracking_confidence=min_confidence)
         self._lm = vision.FaceLandmarker.create_from_options(opts)
-        self._blend = blendshapes
         self._ts_ms = 0  # VIDEO mode needs increasing timestamps across every call of this instance
 
-    def signals(self, frames: Iterable[np.ndarray], fps: float = 25.0) -> dict[str, np.ndarray]:
-        """Per frame (RGB uint8): `lips` = mean inner-lip gap / inter-ocular distance, `jaw` = jawOpen
-        blendshape (if enabled), `found` = a face was found. Frames without a face get NaN."""
-        lips, jaw, found = [], [], []
+    def landmarks(self, frames: Iterable[np.ndarray], fps: float = 25.0) -> dict[str, np.ndarray]:
+        """Per frame (RGB uint8): `points` (N, len(FACE_POINTS), 2) float32 pixel coordinates in the crop of
+        the landmarks FACE_POINTS (lips, jaw, eyes, nose: what the sync estimators use, a few KB per second),
+        NaN where no face was found; `found` (N,) bool."""
+        pts_out, found = [], []
         self._ts_ms += 10_000  # a gap between clips: the tracker does not carry a face across clips
         step = 1000.0 / fps
+        nan = np.full((len(FACE_POINTS), 2), np.nan, np.float32)
         for k, rgb in enumerate(frames):
             img = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
             res = self._lm.detect_for_video(img, int(self._ts_ms + k * step))
             if not res.face_landmarks:
-                lips.append(np.nan)
-                jaw.append(np.nan)
+                pts_out.append(nan)
                 found.append(False)
                 continue
-            pts = np.array([[p.x * rgb.shape[1], p.y * rgb.shape[0]] for p in res.face_landmarks[0]])
-            eye = np.linalg.norm(pts[EYE_CORNERS[0]] - pts[EYE_CORNERS[1]])
-            gap = np.mean([np.linalg.norm(pts[a] - pts[b]) for a, b in INNER_LIP_PAIRS])
-            lips.append(gap / max(eye, 1e-6))
-            if self._blend and res.face_blendshapes:
-                jaw.append(next((c.score for c in res.face_blendshapes[0] if c.category_name == "jawOpen"), np.nan))
-            else:
-                jaw.append(np.nan)
+            lm = res.face_landmarks[0]
+            pts_out.append(np.array([[lm[i].x * rgb.shape[1], lm[i].y * rgb.shape[0]] for i in FACE_POINTS],
+                                    np.float32))
             found.append(True)
         self._ts_ms += int(len(found) * step) + 1
-        return {"lips": np.asarray(lips, np.float64), "jaw": np.asarray(jaw, np.float64),
-                "found": np.asarray(found, bool)}
+        pts = np.stack(pts_out) if pts_out else np.zeros((0, len(FACE_POINTS), 2), np.float32)
+        return {"points": pts, "found": np.asarray(found, bool)}
 
     def close(self) -> None:
         self._lm.close()
