@@ -25,7 +25,7 @@ Backends:
 
 Both: Silero VAD speech ratio first (no_speech), then confidence, then offset (av_offset). When nothing could
 be measured (too few frames with audio and a face), sync_offset and sync_conf are null and the clip is
-rejected as low_sync_conf with the reason in its message.
+rejected as sync_unmeasured with the reason in its message.
 Scores: sync_backend, speech_ratio, sync_conf, sync_offset, sync_shift (none / shifted / unsure / off),
 sync_shift_frames (the audio shift applied, frames), sync_min_dist and sync_offset_syncnet (syncnet: minimum
 mean distance; the offset in syncnet-python's own sign, = -sync_offset), sync_face_frac, sync_offset_envelope
@@ -110,8 +110,8 @@ class SyncStage(Stage):
     labels = {"sync_backend": "the sync backend (landmarks or syncnet)",
               "sync_shift": "what the writer does with the audio: none, shifted, unsure (kept unshifted) or off"}
     hard_reasons = {
-        "low_sync_conf": "sync could not be measured (too few frames with a face and audio): offset and confidence "
-                         "are null, the message says why",
+        "sync_unmeasured": "sync could not be measured (too few frames with a face and audio to search the offsets): "
+                           "offset and confidence are null, the message says why",
         "unsure_offset": "kept with a non-zero offset not confident enough to shift the audio by, and the manifest's "
                          "unsure_offset says reject",
     }
@@ -194,7 +194,7 @@ class SyncStage(Stage):
 
         if offset is None or conf is None:  # nothing measured: missing, never a number that reads "in sync"
             if rec.alive:
-                self.reject(rec, "low_sync_conf", f"sync not measured: {why}")
+                self.reject(rec, "sync_unmeasured", f"sync not measured: {why}")
             return self._unmeasured(rec)
         ok_conf = self.check(rec, "sync_conf", conf)
         ok_off = self.check(rec, "sync_offset", offset)

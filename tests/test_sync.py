@@ -402,6 +402,6 @@ def test_nothing_measured_is_null(landmarks_stage, a1_tracked):
     rec = _same_video(a1_tracked, a1_tracked.source)
     rec.end_s = rec.start_s + 1.0
     (r,) = landmarks_stage.process([rec])
-    assert not r.alive and r.reason == "low_sync_conf" and "not measured" in r.message, (r.reason, r.message)
+    assert not r.alive and r.reason == "sync_unmeasured" and "not measured" in r.message, (r.reason, r.message)
     assert r.scores["sync_offset"] is None and r.scores["sync_conf"] is None
     assert r.scores["sync_shift_frames"] is None and "audio_shift_frames" not in r.data
