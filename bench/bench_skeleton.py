@@ -15,7 +15,7 @@ second, split into pose / hands / face (CPU of the landmarker calls, MediaPipeWh
 (decode, crop, interpolation, boxes). Model loading is paid before the first clip and not counted.
 
 Accuracy: for each part, the distance between a variant's keypoint and today's, over points both found
-(score above kpt_thr), in pixels of the written clip when its longer side is `--out-side` (default: the
+(score above kpt_thr, inside the picture), in pixels of the written clip when its longer side is `--out-side` (default: the
 manifest's video.max_side), as mean and 95th percentile; `found` is the share of today's found points the
 variant also finds. A variant is kept only where every part's p95 stays within TOL_PX and `found` >= TOL_FOUND.
 Results are written to bench/results/bench_skeleton.json."""
@@ -50,6 +50,7 @@ VARIANTS = {
     "pose_face_every_2": {"pose_every": 2, "face_every": 2},
     "pose_face_every_2_work_256": {"pose_every": 2, "face_every": 2, "work_size": 256},
     "pose_face_every_3": {"pose_every": 3, "face_every": 3},
+    "pose_4_face_3": {"pose_every": 4, "face_every": 3},
     "pose_face_every_3_work_256": {"pose_every": 3, "face_every": 3, "work_size": 256},
     "manifest": None,  # the manifest's params as they are
 }
@@ -78,11 +79,18 @@ def person_records(paths: list[Path], person, cache: Path) -> dict:
     return out
 
 
-def compare(ref: np.ndarray, got: np.ndarray, scale: float, thr: float) -> dict:
+def compare(ref: np.ndarray, got: np.ndarray, scale: float, thr: float, size: tuple[int, int]) -> dict:
+    """Per part: points found (score above `thr`) inside the picture (`size` = (w, h)); a point MediaPipe
+    places outside the picture (hips and knees below a talking head's frame) is a guess in either run."""
     res = {}
+    w, h = size
     for part, sl in PARTS.items():
         a, b = ref[:, 0, sl], got[:, 0, sl]
-        fa, fb = a[..., 2] > thr, b[..., 2] > thr
+
+        def seen(k):
+            return (k[..., 2] > thr) & (k[..., 0] >= 0) & (k[..., 0] <= w) & (k[..., 1] >= 0) & (k[..., 1] <= h)
+
+        fa, fb = seen(a), seen(b)
         both = fa & fb
         d = np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)[both] * scale
         res[part] = {"n": int(fa.sum()), "found": float(both.sum() / fa.sum()) if fa.sum() else None,
@@ -149,7 +157,7 @@ def main() -> None:
                     ref[name] = kpts
                     continue
                 W, H = int(rec.probe["width"]), int(rec.probe["height"])
-                c = compare(ref[name], kpts, min(1.0, out_side / max(W, H)), base["kpt_thr"])
+                c = compare(ref[name], kpts, min(1.0, out_side / max(W, H)), base["kpt_thr"], (W, H))
                 for p in PARTS:
                     found[p].append((c[p]["found"] or 0.0) * c[p]["n"])
                     errs[p].append((c[p]["n"], c[p]))

@@ -4,7 +4,18 @@ the shard sample as `pose.npz` the way TalkVerse stores DWPose output (curation/
 Each clip is decoded once, at 25 fps exactly as the writer cuts it (same seek, same fps filter, first T =
 round((end_s - start_s) * 25) frames), cropped to the person stage's person box grown by `crop_margin` and
 scaled to at most `work_size` pixels on its longer side. Keypoints are mapped back to the written clip's
-pixels (the writer does not resize: clip pixels = the source's square-pixel display pixels).
+pixels: the source's square-pixel display pixels scaled to the manifest's `video.max_side` as the write stage
+scales the clip (curation.media.ffmpeg.clip_size); `estimate(rec, out_side=None)` gives source pixels.
+
+Cost (bench/bench_skeleton.py measures each choice per part and its pixel error against running every part
+on every frame): with `pose_every` / `face_every` = N the pose + hand landmarkers / the face landmarker run
+on every Nth frame and the last, in VIDEO mode (they track between the frames they see), and the frames
+between are interpolated linearly per point (`fill_between`).
+
+Face keypoints from landmarks computed elsewhere: `estimate(rec, face_mesh=...)` takes per-frame (T, 478, 2)
+FaceLandmarker meshes in the source's display pixels (the sync stage's per-frame face landmarks, once they
+are shared, issue 16 item 1) and makes the 68 face keypoints from them (MediaPipeWholebody.face_points)
+instead of running its own face landmarker.
 
 Backends:
   mediapipe (default)  PoseLandmarker + HandLandmarker + FaceLandmarker in VIDEO mode (curation/mp_wholebody.py,
@@ -223,7 +234,9 @@ class SkeletonStage(Stage):
         if mp:
             for part, idx in (("body", BODY_AND_HANDS), ("face", FACE)):
                 if every[part] > 1:
-                    fill_between(kpts[:n, 0, idx], ran[part][:n])
+                    sub = kpts[:n, 0, idx]  # a copy for the index array, a view for the slice
+                    fill_between(sub, ran[part][:n])
+                    kpts[:n, 0, idx] = sub
             for i in range(n):
                 boxes[i] = self._box(kpts[i, 0], faces[i], W, H) or crop_box
         if n < T:  # the source ended a frame or two early: the writer holds its last frame, so do we

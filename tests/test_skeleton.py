@@ -368,6 +368,32 @@ def test_max_side_scales_keypoints_and_boxes(person, skeleton, footage):
     assert (b[:, 2] <= 256).all() and (b[:, 3] <= 256).all()
 
 
+def test_every_third_frame_interpolated_stays_close(person, skeleton, footage):
+    """pose_every / face_every = 3: every frame still has its points, near the every-frame run's."""
+    rec = person_record(person, footage / "A1_hdtf_bob_menendez_talking_8s.mp4", 4.0, 5.2)
+    ref, _ = skeleton.estimate(rec, out_side=None)
+    sparse = SkeletonStage(SkeletonParams(pose_every=3, face_every=3), ctx())
+    try:
+        got, boxes = sparse.estimate(rec, out_side=None)
+        assert sparse._model.hand_runs <= 10  # hands follow the pose's frames (30 frames: 10 of them)
+    finally:
+        sparse.close()
+    # Pixels of the 512-px source. The landmarkers smooth over time in VIDEO mode, and see frames 120 ms
+    # apart instead of 40: the body's head points move by a median 5.2 px (p95 10.6 px) on this span, the face
+    # by (see below); a broken interpolation (points left at 0, or shifted by a frame) moves them by tens to
+    # hundreds of pixels, and loses points.
+    stats = {}
+    for name, part in (("head", slice(0, 5)), ("face", wb.FACE)):
+        a, b = ref[:, 0, part], got[:, 0, part]
+        both = (a[..., 2] > 0.3) & (b[..., 2] > 0.3)
+        assert both.mean() >= 0.97 * (a[..., 2] > 0.3).mean(), name
+        d = np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)[both]
+        stats[name] = (float(np.median(d)), float(np.percentile(d, 95)))
+    assert stats["head"][0] < 8.0 and stats["head"][1] < 16.0, stats
+    assert stats["face"][0] < 4.0 and stats["face"][1] < 10.0, stats
+    assert np.isfinite(boxes).all()
+
+
 def test_shard_round_trip_read_the_talkverse_way(person, footage, tmp_path):
     import cv2
 
