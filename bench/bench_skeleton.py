@@ -1,71 +1,194 @@
-"""CPU seconds per footage second of the skeleton stage, and its audit columns, on whole clips of the shared
-footage. Each clip goes through the person stage (default params: its face track and person box are the
-skeleton's input; its time is not counted) and then the skeleton stage with the default manifest's params.
+"""What each skeleton model choice costs and how far it moves the keypoints, per part (body, hands, face),
+on whole files of the shared footage.
 
-    .venv/bin/python bench/bench_skeleton.py [--clips A1_...mp4 E1_...mp4] [--set key=value ...]
+    .venv/bin/python bench/bench_skeleton.py [--clips A1_...mp4 ...] [--variants today lite_work ...]
+                                             [--set key=value ...]
 
-CPU seconds are the process's and its waited-for children's (the ffmpeg decode), as the pipeline's funnel
-counts them; model loading is paid once, on the first clip."""
+Each file goes through the person stage once (default params; its face track and person box are the
+skeleton's input; its time is not counted; the records are cached in bench/results/ by file name, size and
+mtime) and then through the skeleton stage once per variant. A variant is a set of skeleton params over the
+manifest's; `today` is the stage as it was before issue 16 (every part on every frame, 512-px work size) and
+is the reference every other variant's keypoints are compared with.
+
+Cost: process CPU seconds (this process and its waited-for children, i.e. the ffmpeg decode) per footage
+second, split into pose / hands / face (CPU of the landmarker calls, MediaPipeWholebody.cpu) and the rest
+(decode, crop, interpolation, boxes). Model loading is paid before the first clip and not counted.
+
+Accuracy: for each part, the distance between a variant's keypoint and today's, over points both found
+(score above kpt_thr, inside the picture), in pixels of the written clip when its longer side is `--out-side` (default: the
+manifest's video.max_side), as mean and 95th percentile; `found` is the share of today's found points the
+variant also finds. A variant is kept only where every part's p95 stays within TOL_PX and `found` >= TOL_FOUND.
+Results are written to bench/results/bench_skeleton.json."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-DEFAULT_CLIPS = ["A1_hdtf_bob_menendez_talking_8s.mp4", "A3_retalk_man_suit_talking_6s.mp4",
-                 "A7_liveportrait_s18_woman_medium_shot_9s.mp4", "E1_liveportrait_d6_single_face_34s.mp4"]
+# The stage before issue 16: every landmarker on every frame of a 512-px crop.
+TODAY = {"work_size": 512, "face_crop_size": 256, "hand_gate": True, "hand_search_every": 3,
+         "pose_every": 1, "face_every": 1}
+VARIANTS = {
+    "today": {},
+    "work_256": {"work_size": 256},
+    "face_crop_192": {"face_crop_size": 192},
+    "hand_search_6": {"hand_search_every": 6},
+    "no_hand_gate": {"hand_gate": False},
+    "pose_every_2": {"pose_every": 2},
+    "face_every_2": {"face_every": 2},
+    "pose_face_every_2": {"pose_every": 2, "face_every": 2},
+    "pose_face_every_2_work_256": {"pose_every": 2, "face_every": 2, "work_size": 256},
+    "pose_face_every_3": {"pose_every": 3, "face_every": 3},
+    "pose_4_face_3": {"pose_every": 4, "face_every": 3},
+    "pose_face_every_3_work_256": {"pose_every": 3, "face_every": 3, "work_size": 256},
+    "manifest": None,  # the manifest's params as they are
+}
+PARTS = {"body": slice(0, 23), "face": slice(23, 91), "hands": slice(91, 133)}
+# Keep a choice only within these, on every part (pixels at the written clip's size, see --out-side).
+TOL_PX = 3.0
+TOL_FOUND = 0.97
+
+
+def person_records(paths: list[Path], person, cache: Path) -> dict:
+    from conftest import clip_record
+
+    store = pickle.loads(cache.read_bytes()) if cache.exists() else {}
+    out, dirty = {}, False
+    for path in paths:
+        st = path.stat()
+        key = f"{path.name}:{st.st_size}:{int(st.st_mtime)}"
+        if key not in store:
+            (rec,) = person.process([clip_record(path)])
+            store[key] = rec
+            dirty = True
+        out[path.name] = store[key]
+    if dirty:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps(store))
+    return out
+
+
+def compare(ref: np.ndarray, got: np.ndarray, scale: float, thr: float, size: tuple[int, int]) -> dict:
+    """Per part: points found (score above `thr`) inside the picture (`size` = (w, h)); a point MediaPipe
+    places outside the picture (hips and knees below a talking head's frame) is a guess in either run."""
+    res = {}
+    w, h = size
+    for part, sl in PARTS.items():
+        a, b = ref[:, 0, sl], got[:, 0, sl]
+
+        def seen(k):
+            return (k[..., 2] > thr) & (k[..., 0] >= 0) & (k[..., 0] <= w) & (k[..., 1] >= 0) & (k[..., 1] <= h)
+
+        fa, fb = seen(a), seen(b)
+        both = fa & fb
+        d = np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)[both] * scale
+        res[part] = {"n": int(fa.sum()), "found": float(both.sum() / fa.sum()) if fa.sum() else None,
+                     "extra": int((fb & ~fa).sum()),
+                     "mean_px": float(d.mean()) if d.size else None,
+                     "p95_px": float(np.percentile(d, 95)) if d.size else None}
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips", nargs="+", default=DEFAULT_CLIPS, help="file names in the footage folder, or paths")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override skeleton params (YAML values)")
+    ap.add_argument("--clips", nargs="+", default=None, help="file names in the footage folder (default: every .mp4)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override params of every variant")
+    ap.add_argument("--out-side", type=int, default=None, help="pixels of the errors: the written clip's longer side")
     args = ap.parse_args()
 
     import yaml
 
-    from conftest import FOOTAGE, WEIGHTS, clip_record
+    from conftest import FOOTAGE, WEIGHTS
     from curation.engine.config import load_manifest
     from stages.base import StageContext, cpu_seconds
     from stages.person import PersonStage
     from stages.skeleton import SkeletonStage
 
     m = load_manifest()
-    params = m.params("skeleton").model_dump()
+    base = m.params("skeleton").model_dump()
     for kv in args.set:
         k, v = kv.split("=", 1)
-        params[k] = yaml.safe_load(v)
-    ctx = StageContext(weights_dir=os.environ.get("CURATION_WEIGHTS", str(WEIGHTS)))
+        base[k] = yaml.safe_load(v)
+    out_side = args.out_side or m.video.model_dump().get("max_side") or 640
+    ctx = StageContext(weights_dir=os.environ.get("CURATION_WEIGHTS", str(WEIGHTS)), video=m.video.model_dump())
+    names = args.clips or sorted(p.name for p in FOOTAGE.glob("*.mp4"))
     person = PersonStage(m.params("person"), ctx)
-    skeleton = SkeletonStage(SkeletonStage.Params.model_validate(params), ctx)
-    total_cpu = total_s = 0.0
     try:
-        for name in args.clips:
-            path = Path(name) if os.sep in name else FOOTAGE / name
-            (rec,) = person.process([clip_record(path)])
-            if "face_track" not in rec.data:
-                print(f"{path.name}: person stage gave no face track ({rec.reason}); skipped")
-                continue
-            c0, w0 = cpu_seconds(), time.perf_counter()
-            (rec,) = skeleton.process([rec])
-            cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
-            total_cpu += cpu
-            total_s += rec.duration_s
-            cols = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.scores.items() if k.startswith("pose_")}
-            print(f"{path.name:48s} {rec.duration_s:5.1f} s  CPU-s/s {cpu / rec.duration_s:.2f}  wall-s/s "
-                  f"{wall / rec.duration_s:.2f}  {rec.status} {rec.reason or ''} {cols}", flush=True)
+        recs = person_records([FOOTAGE / n for n in names], person, ROOT / "bench/results/skeleton_person_cache.pkl")
     finally:
-        skeleton.close()
         person.close()
-    if total_s:
-        print(f"total: {total_s:.1f} s of footage, {total_cpu:.1f} CPU-s, {total_cpu / total_s:.3f} CPU-s per footage-s")
+    recs = {n: r for n, r in recs.items() if "face_track" in r.data}
+    print(f"{len(recs)} files with a face track: {sum(r.duration_s for r in recs.values()):.1f} s of footage", flush=True)
+
+    variants = ["today"] + [v for v in args.variants if v != "today"]
+    ref: dict[str, np.ndarray] = {}
+    table = {}
+    for vname in variants:
+        params = dict(base) if VARIANTS[vname] is None else {**base, **TODAY, **VARIANTS[vname]}
+        st = SkeletonStage(SkeletonStage.Params.model_validate(params), ctx)
+        st._load()
+        model = st._model
+        tot = {"cpu": 0.0, "wall": 0.0, "s": 0.0, "pose": 0.0, "hands": 0.0, "face": 0.0}
+        errs: dict[str, list] = {p: [] for p in PARTS}
+        found: dict[str, list] = {p: [] for p in PARTS}
+        try:
+            for name, rec in recs.items():
+                parts0 = dict(model.cpu)
+                c0, w0 = cpu_seconds(), time.perf_counter()
+                kpts, _ = st.estimate(rec, out_side=None)  # source pixels: variants compared on one scale
+                tot["cpu"] += cpu_seconds() - c0
+                tot["wall"] += time.perf_counter() - w0
+                tot["s"] += rec.duration_s
+                for p in ("pose", "hands", "face"):
+                    tot[p] += model.cpu[p] - parts0[p]
+                if vname == "today":
+                    ref[name] = kpts
+                    continue
+                W, H = int(rec.probe["width"]), int(rec.probe["height"])
+                c = compare(ref[name], kpts, min(1.0, out_side / max(W, H)), base["kpt_thr"], (W, H))
+                for p in PARTS:
+                    found[p].append((c[p]["found"] or 0.0) * c[p]["n"])
+                    errs[p].append((c[p]["n"], c[p]))
+        finally:
+            st.close()
+        s = tot["s"]
+        row = {"params": {k: params[k] for k in TODAY}, "cpu_per_s": tot["cpu"] / s, "wall_per_s": tot["wall"] / s,
+               "cpu_pose": tot["pose"] / s, "cpu_hands": tot["hands"] / s, "cpu_face": tot["face"] / s,
+               "rest": (tot["cpu"] - tot["pose"] - tot["hands"] - tot["face"]) / s}
+        if vname != "today":
+            for p in PARTS:
+                n = sum(k for k, _ in errs[p])
+                row[p] = {"found": sum(found[p]) / n if n else None,
+                          "mean_px": float(np.nansum([k * (c["mean_px"] or 0) for k, c in errs[p]]) / n) if n else None,
+                          "p95_px": max((c["p95_px"] for _, c in errs[p] if c["p95_px"] is not None), default=None)}
+            row["kept"] = all(row[p]["p95_px"] is not None and row[p]["p95_px"] <= TOL_PX
+                              and row[p]["found"] >= TOL_FOUND for p in PARTS)
+        table[vname] = row
+        line = (f"{vname:28s} CPU-s/s {row['cpu_per_s']:.3f} (pose {row['cpu_pose']:.3f} hands {row['cpu_hands']:.3f} "
+                f"face {row['cpu_face']:.3f} rest {row['rest']:.3f})")
+        if vname != "today":
+            line += "  " + "  ".join(f"{p} {row[p]['mean_px']:.2f}/{row[p]['p95_px']:.2f}px found {row[p]['found']:.3f}"
+                                     for p in PARTS) + f"  {'KEPT' if row['kept'] else 'dropped'}"
+        print(line, flush=True)
+    print(f"errors: mean/worst-file p95 px at a {out_side}-px longer side vs today; a variant is kept when every "
+          f"part's p95 <= {TOL_PX} px and found >= {TOL_FOUND}. CPU-s are this process's and its ffmpeg's "
+          f"(the machine was shared: wall figures are noisy, CPU figures are the ones to trust)")
+    res = ROOT / "bench/results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "bench_skeleton.json").write_text(json.dumps({"out_side": out_side, "tol_px": TOL_PX,
+                                                         "tol_found": TOL_FOUND, "variants": table}, indent=1))
 
 
 if __name__ == "__main__":

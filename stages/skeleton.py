@@ -4,7 +4,18 @@ the shard sample as `pose.npz` the way TalkVerse stores DWPose output (curation/
 Each clip is decoded once, at the video rate exactly as the writer cuts it (same seek, same fps filter, first
 T = round((end_s - start_s) * fps) frames), cropped to the person stage's person box grown by `crop_margin` and
 scaled to at most `work_size` pixels on its longer side. Keypoints are mapped back to the written clip's
-pixels (the writer does not resize: clip pixels = the source's square-pixel display pixels).
+pixels: the source's square-pixel display pixels scaled to the manifest's `video.max_side` as the write stage
+scales the clip (curation.media.ffmpeg.clip_size); `estimate(rec, out_side=None)` gives source pixels.
+
+Cost (bench/bench_skeleton.py measures each choice per part and its pixel error against running every part
+on every frame): with `pose_every` / `face_every` = N the pose + hand landmarkers / the face landmarker run
+on every Nth frame and the last, in VIDEO mode (they track between the frames they see), and the frames
+between are interpolated linearly per point (`fill_between`).
+
+Face keypoints from landmarks computed elsewhere: `estimate(rec, face_mesh=...)` takes per-frame (T, 478, 2)
+FaceLandmarker meshes in the source's display pixels (the sync stage's per-frame face landmarks, once they
+are shared, issue 16 item 1) and makes the 68 face keypoints from them (MediaPipeWholebody.face_points)
+instead of running its own face landmarker.
 
 Backends:
   mediapipe (default)  PoseLandmarker + HandLandmarker + FaceLandmarker in VIDEO mode (curation/mp_wholebody.py,
@@ -35,7 +46,8 @@ from pydantic import Field
 
 from curation import geometry
 from curation.formats import pose_npz
-from curation.media.ffmpeg import iter_frames
+from curation.formats.wholebody import FACE
+from curation.media.ffmpeg import clip_size, iter_frames
 from curation.engine.record import ClipRecord
 from curation.perception.tracks import boxes_at, frame_times
 from stages.base import Check, Params, Stage
@@ -55,6 +67,9 @@ class SkeletonParams(Params):
     min_tracking: float = Field(0.5, gt=0, lt=1, description="MediaPipe tracking confidence")
     hand_gate: bool = Field(True, description="skip the hand landmarker on frames where the pose puts both hands out of the image")
     hand_search_every: int = Field(3, ge=1, description="while no hand is tracked, search for hands on every Nth frame only")
+    pose_every: int = Field(1, ge=1, description="mediapipe: pose and hand landmarkers on every Nth frame (and the last); "
+                            "the frames between are interpolated (bench/bench_skeleton.py: cost and pixel error)")
+    face_every: int = Field(1, ge=1, description="mediapipe: face landmarker on every Nth frame (and the last), the rest interpolated")
     kpt_thr: float = Field(0.3, ge=0, lt=1, description="a keypoint counts as found above this score (summaries, boxes, preview)")
     person_box: Literal["mask", "keypoints"] = Field(
         "mask", description="mediapipe person_bbox_xyxy: the person segmentation mask's box, or the keypoints' box + 10 %")
@@ -80,6 +95,41 @@ class SkeletonParams(Params):
         Check("pose_out_of_frame_frac", "max_out_of_frame_frac", "max", "low_pose_conf",
               "the person is out of the frame on too many frames"),
     )
+
+
+BODY_AND_HANDS = np.r_[0:23, 91:133]
+
+
+def fill_between(kp: np.ndarray, ran: np.ndarray) -> None:
+    """In place: (T, K, 3) keypoints computed only on frames where `ran`; every other frame gets, per point,
+    the linear interpolation of the computed frames before and after it where the point was found on both,
+    else the nearer computed frame's value (not found stays not found)."""
+    idx = np.flatnonzero(ran)
+    if len(idx) == 0:
+        return
+    found = (kp[..., 2] > 0) | (kp[..., 0] != 0) | (kp[..., 1] != 0)
+    for t in np.flatnonzero(~ran):
+        j = np.searchsorted(idx, t)
+        if j == 0 or j == len(idx):
+            kp[t] = kp[idx[min(j, len(idx) - 1)]]
+            continue
+        a, b = idx[j - 1], idx[j]
+        w = (t - a) / (b - a)
+        both = found[a] & found[b]
+        near = kp[a] if w <= 0.5 else kp[b]
+        kp[t] = np.where(both[:, None], (1 - w) * kp[a] + w * kp[b], near)
+
+
+def scale_to(kpts: np.ndarray, boxes: np.ndarray, src: tuple[int, int], out: tuple[int, int]):
+    """Keypoints (T, 1, K, 3) and boxes (T, 4) from `src` (w, h) pixels to `out` pixels (copies when they
+    differ; not-found points stay (0, 0, 0))."""
+    if tuple(out) == tuple(src):
+        return kpts, boxes
+    k = np.array([out[0] / src[0], out[1] / src[1]], np.float32)
+    kpts = kpts.copy()
+    found = (kpts[..., 2] > 0) | (kpts[..., 0] != 0) | (kpts[..., 1] != 0)
+    kpts[..., :2] = np.where(found[..., None], kpts[..., :2] * k, 0.0)
+    return kpts, (boxes * np.tile(k, 2)).astype(np.float32)
 
 
 def person_crop(rec: ClipRecord, margin: float, top_margin: float | None = None) -> tuple[int, int, int, int]:
@@ -131,8 +181,18 @@ class SkeletonStage(Stage):
         self.ensure_setup()
         return self._model
 
-    def estimate(self, rec: ClipRecord) -> tuple[np.ndarray, np.ndarray]:
-        """keypoints_info (T, 1, 133, 3) and person_bbox_xyxy (T, 4) in the written clip's pixels."""
+    def out_size(self, rec: ClipRecord) -> tuple[int, int]:
+        """The written clip's size (the manifest's video.max_side applied by the write stage)."""
+        return clip_size(int(rec.probe["width"]), int(rec.probe["height"]), self.ctx.video.get("max_side"))
+
+    def estimate(self, rec: ClipRecord, out_side: int | None | str = "manifest",
+                 face_mesh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """keypoints_info (T, 1, 133, 3) and person_bbox_xyxy (T, 4) in the written clip's pixels (its
+        longer side at most `out_side`: by default the manifest's video.max_side, None: the source's pixels).
+
+        `face_mesh` (T, 478, 2), FaceLandmarker meshes per frame in the source's display pixels (NaN where
+        no face) that another stage already computed: the face keypoints are then made from them and the
+        skeleton's own face landmarker does not run (mediapipe backend)."""
         p: SkeletonParams = self.params
         model = self._load()
         fps = self.ctx.fps
@@ -144,7 +204,11 @@ class SkeletonStage(Stage):
         faces = boxes_at(track, times) if track else np.full((T, 4), np.nan)
         kpts = np.zeros((T, 1, 133, 3), np.float32)
         boxes = np.zeros((T, 4), np.float32)
+        masked = np.zeros(T, bool)  # boxes[t] is the person mask's
         crop_box = [float(cx), float(cy), float(cx + cw), float(cy + ch)]
+        mp = p.backend == "mediapipe"
+        every = {"body": p.pose_every if mp else 1, "face": p.face_every if mp and face_mesh is None else 1}
+        ran = {part: np.zeros(T, bool) for part in every}
         model.begin_clip()
         n = 0
         frames = iter_frames(rec.source, rec.start_s, rec.start_s + (T + 1) / fps, fps=fps,
@@ -160,28 +224,50 @@ class SkeletonStage(Stage):
                 face_w = None
                 if np.all(np.isfinite(face)):
                     face_w = [(face[0] - cx) / sx, (face[1] - cy) / sy, (face[2] - cx) / sx, (face[3] - cy) / sy]
-                if p.backend == "dwpose":
+                run = {part: n % k == 0 or n == T - 1 for part, k in every.items()}
+                if not mp:
                     kp, box = model.frame(frame, face_w)
                     box = [cx + box[0] * sx, cy + box[1] * sy, cx + box[2] * sx, cy + box[3] * sy]
                 else:
-                    kp = model.frame(frame, face_w if p.face_crop else None, p.face_crop_scale)
+                    kp = model.frame(frame, face_w if p.face_crop else None, p.face_crop_scale,
+                                     body=run["body"], face=run["face"] and face_mesh is None)
                     mb = getattr(model, "mask_box", None)
                     box = None if mb is None else [cx + mb[0] * sx, cy + mb[1] * sy, cx + mb[2] * sx, cy + mb[3] * sy]
                 found = (kp[:, 2] > 0) | (kp[:, 0] != 0) | (kp[:, 1] != 0)
                 kp[found, 0] = cx + kp[found, 0] * sx
                 kp[found, 1] = cy + kp[found, 1] * sy
-                if box is None:
-                    box = self._box(kp, face, W, H) or crop_box
+                if mp and face_mesh is not None:
+                    mesh = face_mesh[n]
+                    if np.all(np.isfinite(mesh)):
+                        kp[FACE] = model.face_points(mesh, model.last_pose)
                 kpts[n, 0] = kp
-                boxes[n] = box
+                if box is not None:
+                    boxes[n] = box
+                    masked[n] = True
+                for part in every:
+                    ran[part][n] = run[part]
                 n += 1
         finally:
             frames.close()
         if n == 0:
             raise RuntimeError("no frame could be decoded for the skeleton")
+        if mp:
+            for part, idx in (("body", BODY_AND_HANDS), ("face", FACE)):
+                if every[part] > 1:
+                    sub = kpts[:n, 0, idx]  # a copy for the index array, a view for the slice
+                    fill_between(sub, ran[part][:n])
+                    kpts[:n, 0, idx] = sub
+            for i in range(n):  # the pose model's person mask where it gave one, else the keypoints' box
+                if not masked[i]:
+                    boxes[i] = self._box(kpts[i, 0], faces[i], W, H) or crop_box
         if n < T:  # the source ended a frame or two early: the writer holds its last frame, so do we
             kpts[n:] = kpts[n - 1]
             boxes[n:] = boxes[n - 1]
+        if out_side == "manifest":
+            out = self.out_size(rec)
+        else:
+            out = clip_size(W, H, out_side)
+        return scale_to(kpts, boxes, (W, H), out)
         return kpts, boxes
 
     def _box(self, kp: np.ndarray, face, W: int, H: int):
@@ -192,10 +278,13 @@ class SkeletonStage(Stage):
         return b
 
     def process_one(self, rec: ClipRecord) -> ClipRecord:
-        p = self.params
-        kpts, boxes = self.estimate(rec)
+        p: SkeletonParams = self.params
+        src = (int(rec.probe["width"]), int(rec.probe["height"]))
+        src_kpts, src_boxes = self.estimate(rec, out_side=None)
+        out = self.out_size(rec)
+        kpts, boxes = scale_to(src_kpts, src_boxes, src, out)
         rec.blobs["pose.npz"] = pose_npz.encode(kpts, boxes)
-        summary = pose_npz.summarize(kpts, int(rec.probe["width"]), int(rec.probe["height"]), p.kpt_thr)
+        summary = pose_npz.summarize(kpts, out[0], out[1], p.kpt_thr)
         self.record(rec, "pose_frames", len(kpts))
         self.label(rec, "pose_backend", p.backend)
         for name, value in summary.items():  # a bound of None records the score only
@@ -203,8 +292,7 @@ class SkeletonStage(Stage):
         if p.preview:
             from curation.media.pose_preview import render
 
-            rec.blobs["pose.mp4"] = render(rec.source, rec.start_s, kpts, boxes,
-                                           (int(rec.probe["width"]), int(rec.probe["height"])), fps=self.ctx.fps,
+            rec.blobs["pose.mp4"] = render(rec.source, rec.start_s, src_kpts, src_boxes, src, fps=self.ctx.fps,
                                            max_side=p.preview_max_side, thr=p.kpt_thr, timeout=self.ctx.timeout_s)
         return rec
 

@@ -1,9 +1,12 @@
 """Write: cut each kept clip with ffmpeg and normalise it (25 fps H.264, 16 kHz mono AAC in the mp4, plus
-16 kHz mono PCM wav), applying the sync stage's audio shift. The driver packs the bytes into shards."""
+16 kHz mono PCM wav), applying the sync stage's audio shift, with the longer side at most the manifest's
+`video.max_side` (curation.media.ffmpeg.clip_size: aspect kept, even sizes; the skeleton stage writes its
+keypoints at the same size). The written size goes to rec.data width / height (the index's columns). The
+driver packs the bytes into shards."""
 
 from __future__ import annotations
 
-from curation.media.ffmpeg import encode_clip
+from curation.media.ffmpeg import clip_size, encode_clip
 from curation.engine.record import ClipRecord
 from stages.base import Params, Stage
 
@@ -24,11 +27,15 @@ class WriteStage(Stage):
     def process_one(self, rec: ClipRecord) -> ClipRecord:
         v = self.ctx.video
         shift_frames = float(rec.data.get("audio_shift_frames", 0.0))
+        src = (int(rec.probe["width"]), int(rec.probe["height"]))
+        size = clip_size(*src, v.get("max_side"))
         mp4, wav, n = encode_clip(
             rec.source, rec.start_s, rec.end_s, fps=self.ctx.fps, audio_rate=self.ctx.audio_rate,
             audio_path=rec.audio_path, audio_shift_s=shift_frames / self.ctx.fps,
-            crf=int(v.get("crf", 20)), preset=str(v.get("preset", "veryfast")), timeout=self.ctx.timeout_s)
+            crf=int(v.get("crf", 20)), preset=str(v.get("preset", "veryfast")),
+            size=None if size == src else size, timeout=self.ctx.timeout_s)
         rec.blobs["mp4"] = mp4
         rec.blobs["wav"] = wav
         rec.data["n_frames"] = n
+        rec.data["width"], rec.data["height"] = size
         return rec

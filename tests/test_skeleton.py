@@ -19,7 +19,7 @@ from curation.formats import wholebody as wb
 from curation.engine.record import REJECTED
 from curation.perception.tracks import boxes_at, frame_times
 from stages.base import StageContext
-from stages.skeleton import SkeletonParams, SkeletonStage, person_crop
+from stages.skeleton import SkeletonParams, SkeletonStage, fill_between, person_crop
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -335,6 +335,63 @@ def test_coordinates_do_not_depend_on_the_crop(person, skeleton, footage):
                 assert d < tol, (rec.data.get("person_box"), part, d)
     finally:
         tight.close()
+
+
+def test_fill_between_interpolates_found_points_only():
+    kp = np.zeros((5, 2, 3), np.float32)
+    kp[0] = [[0, 0, 1.0], [10, 10, 0.8]]
+    kp[3] = [[30, 60, 0.5], [0, 0, 0.0]]  # point 1 not found on frame 3
+    kp[4] = [[40, 80, 0.5], [50, 50, 1.0]]
+    ran = np.array([True, False, False, True, True])
+    fill_between(kp, ran)
+    np.testing.assert_allclose(kp[1, 0], [10, 20, 5 / 6], rtol=1e-6)
+    np.testing.assert_allclose(kp[2, 0], [20, 40, 2 / 3], rtol=1e-6)
+    np.testing.assert_allclose(kp[1, 1], [10, 10, 0.8])  # found on one side only: the nearer frame's value
+    np.testing.assert_allclose(kp[2, 1], [0, 0, 0])
+
+
+def test_max_side_scales_keypoints_and_boxes(person, skeleton, footage):
+    """With video.max_side the pose.npz is in the written clip's pixels: A1 (512 px) written at 256 px."""
+    rec = person_record(person, footage / "A1_hdtf_bob_menendez_talking_8s.mp4", 2.0, 3.0)
+    src_k, src_b = skeleton.estimate(rec, out_side=None)
+    small = SkeletonStage(SkeletonParams(), ctx(video={"crf": 23, "preset": "ultrafast", "max_side": 256}))
+    try:
+        out, arrays = run_skeleton(small, rec)
+    finally:
+        small.close()
+    k, b = arrays["keypoints_info"], arrays["person_bbox_xyxy"]
+    found = src_k[..., 2] > 0
+    assert found.sum() > 25 * 68
+    np.testing.assert_allclose(k[..., :2][found], src_k[..., :2][found] * 0.5, atol=1e-3)
+    assert (k[~found] == 0).all()
+    np.testing.assert_allclose(b, src_b * 0.5, atol=1e-3)
+    assert (b[:, 2] <= 256).all() and (b[:, 3] <= 256).all()
+
+
+def test_every_third_frame_interpolated_stays_close(person, skeleton, footage):
+    """pose_every / face_every = 3: every frame still has its points, near the every-frame run's."""
+    rec = person_record(person, footage / "A1_hdtf_bob_menendez_talking_8s.mp4", 4.0, 5.2)
+    ref, _ = skeleton.estimate(rec, out_side=None)
+    sparse = SkeletonStage(SkeletonParams(pose_every=3, face_every=3), ctx())
+    try:
+        got, boxes = sparse.estimate(rec, out_side=None)
+        assert sparse._model.hand_runs <= 10  # hands follow the pose's frames (30 frames: 10 of them)
+    finally:
+        sparse.close()
+    # Pixels of the 512-px source. The landmarkers smooth over time in VIDEO mode, and see frames 120 ms
+    # apart instead of 40: the body's head points move by a median 5.2 px (p95 10.6 px) on this span, the face
+    # by (see below); a broken interpolation (points left at 0, or shifted by a frame) moves them by tens to
+    # hundreds of pixels, and loses points.
+    stats = {}
+    for name, part in (("head", slice(0, 5)), ("face", wb.FACE)):
+        a, b = ref[:, 0, part], got[:, 0, part]
+        both = (a[..., 2] > 0.3) & (b[..., 2] > 0.3)
+        assert both.mean() >= 0.97 * (a[..., 2] > 0.3).mean(), name
+        d = np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)[both]
+        stats[name] = (float(np.median(d)), float(np.percentile(d, 95)))
+    assert stats["head"][0] < 8.0 and stats["head"][1] < 16.0, stats
+    assert stats["face"][0] < 4.0 and stats["face"][1] < 10.0, stats
+    assert np.isfinite(boxes).all()
 
 
 def test_shard_round_trip_read_the_talkverse_way(person, footage, tmp_path):

@@ -56,3 +56,23 @@ def test_write_applies_rotation_and_external_audio(tmp_path, footage, stage_ctx)
     v = next(s for s in streams if s["codec_type"] == "video")
     assert (v["width"], v["height"]) == (200, 320) and int(v["nb_frames"]) == 125
     assert out.data["n_frames"] == 125
+
+
+def test_write_limits_the_longer_side(tmp_path, footage, stage_ctx):
+    """video.max_side: the longer side at most max_side, aspect kept, even sizes, reported in rec.data."""
+    src = tmp_path / "wide.mp4"
+    ffmpeg("-i", str(footage / "A1_hdtf_bob_menendez_talking_8s.mp4"), "-t", "1.2", "-vf", "crop=500:282:0:0",
+           "-c:v", "libx264", "-c:a", "aac", str(src))
+    rec = clip_record(src, 0.0, 1.0)
+    (out,) = WriteStage(load_manifest().params("write"),
+                        stage_ctx(video={"crf": 20, "preset": "veryfast", "max_side": 160})).process([rec])
+    assert out.status != REJECTED, out.message
+    (tmp_path / "o.mp4").write_bytes(out.blobs["mp4"])
+    import json
+    import subprocess
+
+    streams = json.loads(subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams",
+                                         str(tmp_path / "o.mp4")], capture_output=True, text=True).stdout)["streams"]
+    v = next(s for s in streams if s["codec_type"] == "video")
+    assert (v["width"], v["height"]) == (160, 90) == (out.data["width"], out.data["height"])
+    assert v.get("sample_aspect_ratio", "1:1") in ("1:1", "0:1") and int(v["nb_frames"]) == 25

@@ -64,6 +64,7 @@ class VideoSpec(Strict):
     audio_rate: int = Field(16000, gt=0)
     crf: int = Field(20, ge=0, le=51)
     preset: str = "veryfast"
+    max_side: int | None = Field(None, ge=16, description="clips written with their longer side at most this (None: source size)")
 
 
 class OutputSpec(Strict):

@@ -321,7 +321,7 @@ def sample_json(rec: ClipRecord, manifest_name: str, fps: float, audio_rate: int
         "key": rec.key, "source": rec.source, "audio_source": rec.audio_path or rec.source,
         "start_s": rec.start_s, "end_s": rec.end_s, "duration_s": rec.duration_s,
         "n_frames": rec.data.get("n_frames"), "fps": fps, "audio_rate": audio_rate,
-        "width": rec.probe.get("width"), "height": rec.probe.get("height"),
+        "width": rec.data.get("width", rec.probe.get("width")), "height": rec.data.get("height", rec.probe.get("height")),
         "audio_shift_frames": rec.data.get("audio_shift_frames", 0),
         "scores": {**rec.scores, **rec.labels}, "manifest": manifest_name,
     }
@@ -333,8 +333,8 @@ def clip_row(rec: ClipRecord, shard: str | None, fps: float) -> dict:
         "start_s": rec.start_s, "end_s": rec.end_s, "duration_s": rec.duration_s if rec.start_s is not None else None,
         "status": rec.status, "stage": rec.stage, "reason": rec.reason, "message": rec.message,
         "would_reject": ";".join(rec.would_reject) or None, "shard": shard,
-        "width": rec.probe.get("width"), "height": rec.probe.get("height"), "fps": fps,
-        "source_fps": rec.probe.get("fps"), "n_frames": rec.data.get("n_frames"),
+        "width": rec.data.get("width", rec.probe.get("width")), "height": rec.data.get("height", rec.probe.get("height")),
+        "fps": fps, "source_fps": rec.probe.get("fps"), "n_frames": rec.data.get("n_frames"),
         # a written clip says 0 in its json when the audio was not shifted: the same here
         "audio_shift_frames": rec.data.get("audio_shift_frames", 0 if shard else None),
     }

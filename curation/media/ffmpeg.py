@@ -257,6 +257,15 @@ def output_size(src_w: int, src_h: int, width: int | None, height: int | None) -
     return src_w, src_h
 
 
+def clip_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size encode_clip writes a width x height (display, square-pixel, even) source at: its longer side
+    at most `max_side` (None: no limit), aspect kept, even dimensions; sources already within are not resized."""
+    if not max_side or max(width, height) <= max_side:
+        return int(width), int(height)
+    r = max_side / max(width, height)
+    return max(2, int(round(width * r / 2)) * 2), max(2, int(round(height * r / 2)) * 2)
+
+
 def iter_frames(path: str, start_s: float = 0.0, end_s: float | None = None, fps: float | None = None,
                 size: tuple[int, int] | None = None, crop: tuple[int, int, int, int] | None = None,
                 src_size: tuple[int, int] | None = None, pix_fmt: str = "rgb24",
@@ -360,9 +369,12 @@ def read_frames(*args, **kwargs) -> np.ndarray:
 
 def encode_clip(path: str, start_s: float, end_s: float, *, fps: float = 25.0, audio_rate: int = 16000,
                 audio_path: str | None = None, audio_shift_s: float = 0.0, crf: int = 20,
-                preset: str = "veryfast", timeout: float = 600.0) -> tuple[bytes, bytes, int]:
+                preset: str = "veryfast", size: tuple[int, int] | None = None,
+                timeout: float = 600.0) -> tuple[bytes, bytes, int]:
     """Cut [start_s, end_s) and normalise: H.264 yuv420p at `fps` with AAC mono `audio_rate` in an mp4,
     plus the same audio as 16-bit PCM wav. Rotation is applied (ffmpeg autorotates on decode).
+    `size` (w, h): the video is scaled to it in one step from the coded frame (`clip_size` of the probed
+    display size: aspect kept, even sizes); None keeps the source's square-pixel display size.
     `audio_shift_s` > 0 takes the audio that many seconds later (audio lagged the video).
     Returns (mp4 bytes, wav bytes, frame count)."""
     n_frames = max(1, int(round((end_s - start_s) * fps)))
@@ -377,6 +389,7 @@ def encode_clip(path: str, start_s: float, end_s: float, *, fps: float = 25.0, a
         # first_pts=0: the audio starts exactly at the cut (trimmed when the stream starts early, as Opus
         # pre-skip does; silence-filled when it starts late), so apad fills it to exactly `dur`
         afilt = f"aresample={audio_rate}:async=1:first_pts=0,apad=whole_dur={dur:.6f}"
+        pixels = SQUARE_PIXELS if size is None else f"scale={int(size[0])}:{int(size[1])},setsar=1"
         if a_start < 0:
             afilt = f"adelay={int(round(-a_start * 1000))}:all=1," + afilt
         cmd = [FFMPEG, "-nostdin", "-v", "error", "-y",
@@ -384,7 +397,7 @@ def encode_clip(path: str, start_s: float, end_s: float, *, fps: float = 25.0, a
                "-map", "0:v:0", "-map", "1:a:0",
                # exactly n_frames by a trim in the filter graph: -frames:v would end the whole file when the
                # video is done, cutting the AAC track (still in the encoder) short by about half a second
-               "-vf", f"fps={fps:g},{SQUARE_PIXELS},trim=end_frame={n_frames}",
+               "-vf", f"fps={fps:g},{pixels},trim=end_frame={n_frames}",
                "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
                "-af", afilt, "-ac", "1", "-ar", str(audio_rate), "-c:a", "aac", "-b:a", "64k",
                "-t", f"{dur:.6f}", "-movflags", "+faststart", mp4,

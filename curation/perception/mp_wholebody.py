@@ -34,6 +34,7 @@ detection (checked in the tests)."""
 from __future__ import annotations
 
 import atexit
+import time
 
 import numpy as np
 
@@ -82,12 +83,14 @@ class MediaPipeWholebody:
         self.hand_search_every = max(1, int(hand_search_every))
         self._hand_tracking = False
         self._hand_idle = 0
+        self._last_pose = None
         self.face_crop_size = int(face_crop_size)
         self.frame_ms = int(frame_ms)
         self._ts = 0
         self._reset_pending = False
         self.flushed_left = 0  # detections still returned on the last black reset frame (expected 0)
         self.hand_runs = 0  # frames the hand landmarker ran on (for the audit of the gate)
+        self.cpu = {"pose": 0.0, "hands": 0.0, "face": 0.0}  # process CPU seconds per part (bench_skeleton.py)
         # MediaPipe's own __del__ fails once its C library is unloaded at interpreter exit: close first.
         atexit.register(self.close)
 
@@ -117,37 +120,48 @@ class MediaPipeWholebody:
                 + len(self._face.detect_for_video(crop, ts).face_landmarks))
 
     # -- one frame -------------------------------------------------------------------------------
-    def frame(self, rgb: np.ndarray, face_box=None, face_scale: float = 1.6) -> np.ndarray:
+    def frame(self, rgb: np.ndarray, face_box=None, face_scale: float = 1.6, *, body: bool = True,
+              face: bool = True) -> np.ndarray:
         """(133, 3) [x, y, score] in pixels of `rgb` (HxWx3 uint8 RGB). `face_box` [x0, y0, x1, y1] in
-        the same pixels: the FaceLandmarker then runs on a square crop `face_scale` times its size."""
+        the same pixels: the FaceLandmarker then runs on a square crop `face_scale` times its size.
+        `body=False` skips the pose and hand landmarkers on this frame, `face=False` the face landmarker
+        (their points stay (0, 0, 0): the caller fills them from the frames around, or from landmarks it
+        already has, see `face_points`)."""
         if self._reset_pending:
             self.flushed_left = self._flush_tracks(rgb.shape)
             self._reset_pending = False
+            self._last_pose = None
         h, w = rgb.shape[:2]
         ts = self._tick()
         img = self._image(rgb)
         out = np.zeros((N_KPTS, 3), np.float32)
 
-        pose = None
-        res = self._pose.detect_for_video(img, ts)
-        self.mask_box = None
-        if self.segmentation and res.pose_landmarks and res.segmentation_masks:
-            m = res.segmentation_masks[0].numpy_view()
-            m = m[..., 0] if m.ndim == 3 else m
-            rows, cols = np.flatnonzero((m > self.mask_thr).any(1)), np.flatnonzero((m > self.mask_thr).any(0))
-            if len(rows) and len(cols):
-                sy, sx = h / m.shape[0], w / m.shape[1]
-                self.mask_box = [float(cols[0] * sx), float(rows[0] * sy), float((cols[-1] + 1) * sx),
-                                 float((rows[-1] + 1) * sy)]
-        if res.pose_landmarks:
-            pose = np.array([[p.x, p.y, p.visibility if p.visibility is not None else 0.0]
-                             for p in res.pose_landmarks[0]], np.float32)
-            px = pose.copy()
-            px[:, 0] *= w
-            px[:, 1] *= h
-            out[:23] = body_feet_from_pose33(px)
+        c0 = time.process_time()
+        if body:
+            self._last_pose = None
+            self.mask_box = None  # held on the frames between pose frames (the person moves little in 2 frames)
+            res = self._pose.detect_for_video(img, ts)
+            if self.segmentation and res.pose_landmarks and res.segmentation_masks:
+                m = res.segmentation_masks[0].numpy_view()
+                m = m[..., 0] if m.ndim == 3 else m
+                rows, cols = np.flatnonzero((m > self.mask_thr).any(1)), np.flatnonzero((m > self.mask_thr).any(0))
+                if len(rows) and len(cols):
+                    sy, sx = h / m.shape[0], w / m.shape[1]
+                    self.mask_box = [float(cols[0] * sx), float(rows[0] * sy), float((cols[-1] + 1) * sx),
+                                     float((rows[-1] + 1) * sy)]
+            if res.pose_landmarks:
+                pose = np.array([[p.x, p.y, p.visibility if p.visibility is not None else 0.0]
+                                 for p in res.pose_landmarks[0]], np.float32)
+                self._last_pose = pose
+                px = pose.copy()
+                px[:, 0] *= w
+                px[:, 1] *= h
+                out[:23] = body_feet_from_pose33(px)
+        pose = self._last_pose
+        c1 = time.process_time()
+        self.cpu["pose"] += c1 - c0
 
-        run = self._hands_possible(pose)
+        run = body and self._hands_possible(pose)
         if run and not self._hand_tracking:
             run = self._hand_idle % self.hand_search_every == 0
             self._hand_idle += 1
@@ -158,26 +172,43 @@ class MediaPipeWholebody:
             if self._hand_tracking:
                 self._hand_idle = 0
             self._put_hands(out, res, pose, w, h)
+        c2 = time.process_time()
+        self.cpu["hands"] += c2 - c1
 
-        have_box = face_box is not None and np.all(np.isfinite(face_box))
-        if have_box:
-            x0, y0, side = geometry.square(face_box, face_scale)
-            fimg = self._image(crop_square(rgb, x0, y0, side, self.face_crop_size))
-        else:
-            x0, y0, side, fimg = 0.0, 0.0, None, img
-        res = self._face.detect_for_video(fimg, ts)
-        if res.face_landmarks:
-            mesh = np.array([[p.x, p.y] for p in res.face_landmarks[0]], np.float32)
+        if face:
+            have_box = face_box is not None and np.all(np.isfinite(face_box))
             if have_box:
-                mesh = mesh * side + np.array([x0, y0], np.float32)
+                x0, y0, side = geometry.square(face_box, face_scale)
+                fimg = self._image(crop_square(rgb, x0, y0, side, self.face_crop_size))
             else:
-                mesh = mesh * np.array([w, h], np.float32)
-            out[FACE, :2] = face68_from_mesh(mesh)
-            score = self.min_presence
-            if pose is not None:
-                score = max(score, float(pose[list(POSE33_HEAD), 2].mean()))
-            out[FACE, 2] = score
+                x0, y0, side, fimg = 0.0, 0.0, None, img
+            res = self._face.detect_for_video(fimg, ts)
+            if res.face_landmarks:
+                mesh = np.array([[p.x, p.y] for p in res.face_landmarks[0]], np.float32)
+                if have_box:
+                    mesh = mesh * side + np.array([x0, y0], np.float32)
+                else:
+                    mesh = mesh * np.array([w, h], np.float32)
+                out[FACE] = self.face_points(mesh, pose)
+        self.cpu["face"] += time.process_time() - c2
         return out
+
+    def face_points(self, mesh: np.ndarray, pose=None) -> np.ndarray:
+        """(68, 3) face keypoints from a (478, 2) FaceLandmarker mesh in pixels, wherever it came from (this
+        class's own landmarker, or per-frame landmarks another stage already computed). `pose` (33, 3) with
+        visibilities in column 2 gives the score (see the module docstring)."""
+        out = np.zeros((68, 3), np.float32)
+        out[:, :2] = face68_from_mesh(np.asarray(mesh, np.float32))
+        score = self.min_presence
+        if pose is not None:
+            score = max(score, float(pose[list(POSE33_HEAD), 2].mean()))
+        out[:, 2] = score
+        return out
+
+    @property
+    def last_pose(self):
+        """The 33 pose landmarks (normalised x, y, visibility) of the last frame the pose ran on, or None."""
+        return self._last_pose
 
     def _hands_possible(self, pose) -> bool:
         if not self.hand_gate or pose is None:
