@@ -145,7 +145,7 @@ def _add_optional_commands(sub) -> None:
     except ImportError:
         model_cli = None
     if model_cli is not None:
-        for name in ("add_train_parser", "add_sample_parser", "add_bench_parser"):
+        for name in ("add_prepare_parser", "add_train_parser", "add_sample_parser", "add_bench_parser"):
             if hasattr(model_cli, name):
                 getattr(model_cli, name)(sub)
     try:
