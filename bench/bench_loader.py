@@ -6,14 +6,15 @@ per worker, and the whole training loop against the pure training step.
 For each config it prepares the view of the curation shards (timed), then reads `--batches` batches in
 this process (num_workers=0: one loader worker on one core) and reports samples/s by wall clock and per
 CPU-second of the process, then the same through a DataLoader with `--workers` processes (wall clock).
-For `tiny` it then times, in this one process: the pure training step (bench.benchmark: train_step on a
-synthetic batch) and `train()` on the view (what `curation train --config tiny` runs: loader workers,
+For `tiny` it then times, in this one process: the pure training step (train_step on a synthetic batch, as
+bench.benchmark times it) and `train()` on the view (what `curation train --config tiny` runs: loader workers,
 step, logging), and prints the ratio loop / step. Targets (issue 17): >= 100 samples/s per core for
 `small`, ratio <= 1.5. Wall-clock figures on a shared machine are noisy; the per-CPU-second ones less so.
 Writes JSON to bench/results/loader.json.
 """
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -28,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from curation.dit.bench import benchmark  # noqa: E402
+from curation.dit.bench import synthetic_batch  # noqa: E402
 from curation.dit.configs import CONFIGS  # noqa: E402
 from curation.dit.loader import make_loader  # noqa: E402
-from curation.dit.train import train  # noqa: E402
+from curation.dit.train import build_state, train, train_step  # noqa: E402
 from curation.dit.view import prepare_view  # noqa: E402
 
 
@@ -53,13 +54,28 @@ def time_loader(view: str, cfg, batches: int, workers: int) -> dict:
             "samples_per_cpu_s": n / cpu if workers == 0 and cpu > 0 else None}
 
 
+def pure_step(cfg, steps: int = 30, warmup: int = 5) -> dict:
+    """The training step alone (as bench.benchmark times it: train_step on a fixed synthetic batch)."""
+    st = build_state(cfg, "cpu")
+    batch = synthetic_batch(cfg, cfg.batch_size)
+    for _ in range(warmup):
+        train_step(st, batch)
+    w0, c0 = time.perf_counter(), cpu_s()
+    for _ in range(steps):
+        out = train_step(st, batch)
+    out["loss"].item()
+    return {"step_time_s": (time.perf_counter() - w0) / steps, "cpu_s": (cpu_s() - c0) / steps}
+
+
 def time_train_loop(view: str, cfg, steps: int, out: str) -> dict:
-    w0 = time.perf_counter()
+    w0, c0, k0 = time.perf_counter(), cpu_s(), cpu_s(children=True)
     train(view, out, replace(cfg, steps=steps, log_every=10, ckpt_every=steps), progress=False)
     wall = time.perf_counter() - w0
+    gc.collect()  # the loader's worker processes are joined once its iterator is gone: their CPU counts
+    cpu = cpu_s() - c0 + cpu_s(children=True) - k0
     log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     steady = [r["step_time_s"] for r in log[1:]]  # the first interval holds the loader's start-up
-    return {"steps": steps, "wall_s": wall, "wall_per_step_s": wall / steps,
+    return {"steps": steps, "wall_s": wall, "wall_per_step_s": wall / steps, "cpu_per_step_s": cpu / steps,
             "steady_step_time_s": statistics.median(steady), "first_interval_step_time_s": log[0]["step_time_s"]}
 
 
@@ -96,18 +112,23 @@ def main() -> None:
                   f"{one['samples_per_cpu_s']:.0f} samples per CPU-s; {args.workers} workers "
                   f"{many['samples_per_s']:.0f} samples/s wall", flush=True)
             if name == "tiny":
-                pure = benchmark(cfg, "cpu", steps=30, warmup=5)
+                pure = pure_step(cfg)
                 loop = time_train_loop(view, cfg, args.train_steps, os.path.join(td, "run-tiny"))
-                pure2 = benchmark(cfg, "cpu", steps=30, warmup=5)  # again: the machine's load drifts
+                pure2 = pure_step(cfg)  # again: the machine's load drifts
                 step = min(pure["step_time_s"], pure2["step_time_s"])
-                r["train"] = {"pure_step_s": [pure["step_time_s"], pure2["step_time_s"]], **loop,
-                              "ratio_steady": loop["steady_step_time_s"] / step,
-                              "ratio_wall": loop["wall_per_step_s"] / step}
+                pure_cpu = min(pure["cpu_s"], pure2["cpu_s"])
+                r["train"] = {"pure_step_s": [pure["step_time_s"], pure2["step_time_s"]],
+                              "pure_step_cpu_s": [pure["cpu_s"], pure2["cpu_s"]],
+                              **loop, "ratio_steady": loop["steady_step_time_s"] / step,
+                              "ratio_wall": loop["wall_per_step_s"] / step,
+                              "ratio_cpu": loop["cpu_per_step_s"] / pure_cpu}
                 print(f"tiny   train loop: pure step {1000 * pure['step_time_s']:.1f} / {1000 * pure2['step_time_s']:.1f} ms "
                       f"(before / after); train() on the view {1000 * loop['steady_step_time_s']:.1f} ms per step "
                       f"steady ({1000 * loop['wall_per_step_s']:.1f} ms per step over {loop['steps']} steps with "
                       f"start-up and checkpoint): ratio {r['train']['ratio_steady']:.2f} steady, "
-                      f"{r['train']['ratio_wall']:.2f} whole run (target <= 1.5)", flush=True)
+                      f"{r['train']['ratio_wall']:.2f} whole run (target <= 1.5); CPU-s per step {pure_cpu:.3f} pure, "
+                      f"{loop['cpu_per_step_s']:.3f} whole run with its loader worker: ratio {r['train']['ratio_cpu']:.2f}",
+                      flush=True)
     if "small" in results["configs"]:
         s = results["configs"]["small"]["one_worker"]["samples_per_cpu_s"]
         print(f"small  loader: {s:.0f} samples per CPU-s per worker (target >= 100): {'met' if s >= 100 else 'NOT met'}")
