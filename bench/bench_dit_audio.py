@@ -2,14 +2,14 @@
 then generate each clip from its first frame with its own audio and with another clip's audio, and
 compare both with the real clip, over the whole frame and over the mouth.
 
-    python bench/bench_dit_audio.py --shards OUT/shards [--clips 4] [--seconds 3] [--steps 1500]
+    python bench/bench_dit_audio.py --shards OUT/shards [--clips 3] [--seconds 2] [--steps 500]
 
 1. Clips: the kept clips of the curation shards with a pose.npz, at most one per source (so a swapped
    audio is another person's speech), those with the widest mouth at the training resolution first. Their
    first `--seconds` are cut (media.ffmpeg.encode_clip) into a shard of their own, from which the
    training view is prepared exactly as `curation prepare-train` does.
-2. Model: a config between tiny and small (`BENCH_CONFIG`: 48 px, 8 frames, dim 96, depth 4, 256 tokens),
-   trained with `train()` (the loop `curation train` runs) for `--steps` steps, without mirroring.
+2. Model: `BENCH_CONFIG`, tiny's model at batch 8, trained with `train()` (the loop `curation train`
+   runs) for `--steps` steps, without mirroring.
 3. For each clip: `sample.generate` from the real first frame with (a) its own audio, (b) the next clip's
    audio (same length, same noise seed), and (c) a baseline without any model: the first frame repeated.
    PSNR against the real frames (the view's, i.e. the training target) over all frames, on the whole
@@ -51,11 +51,12 @@ from curation.media.ffmpeg import encode_clip, temp_dir  # noqa: E402
 MOUTH = slice(FACE.stop - 20, FACE.stop)  # the last 20 of the 68 face points: outer and inner lips
 MIN_SCORE = 0.3
 
-# Between tiny (32 px, dim 64, 256 tokens) and small (64 px, dim 384, 2048 tokens): 48 px keeps a mouth of
-# several pixels; 6 x 6 patches keep tiny's 256 tokens. No mirroring: the mouth box is the real clip's.
-BENCH_CONFIG = replace(CONFIGS["tiny"], name="mouth48", resolution=48, patch=(2, 6, 6), dim=96, heads=3, depth=4,
-                       batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.99, audio_dropout=0.1, hflip=0.0,
-                       num_workers=1, log_every=100)
+# tiny's model (32 px, 8 frames, dim 64, depth 4, 256 tokens) at batch 8, without mirroring (the mouth box
+# is the real clip's): about 0.25 CPU-s a step (measured with one thread on the loaded 2-core machine), so
+# 500 steps cost about two CPU-minutes. A 48 px, dim 96 config cost 0.32 CPU-s a step there, and more than
+# that machine could give at the time.
+BENCH_CONFIG = replace(CONFIGS["tiny"], name="tiny-b8", batch_size=8, hflip=0.0, num_workers=1, log_every=50,
+                       ckpt_every=50)
 
 
 def mouth_boxes(kpts: np.ndarray, width: int, height: int, size: int, margin: float) -> list:
@@ -148,17 +149,21 @@ def view_frames(view: str, cfg) -> dict[str, np.ndarray]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", required=True, help="the shards/ folder of a curation run (with pose.npz)")
-    ap.add_argument("--clips", type=int, default=4, help="clips to train on (default 4)")
-    ap.add_argument("--seconds", type=float, default=3.0, help="first seconds of each clip used (default 3)")
-    ap.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
-    ap.add_argument("--sample-steps", type=int, default=25, help="Euler steps when sampling (default 25)")
+    ap.add_argument("--clips", type=int, default=3, help="clips to train on (default 3)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="first seconds of each clip used (default 2)")
+    ap.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    ap.add_argument("--sample-steps", type=int, default=10, help="Euler steps when sampling (default 10)")
     ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0],
                     help="guidance scales to sample with (default: 1, i.e. none, and 3, the config's)")
     ap.add_argument("--mouth-margin", type=float, default=0.25, help="mouth box growth per side (default 0.25)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     ap.add_argument("--keep", metavar="DIR", help="keep the view and the run in DIR (default: a temp dir)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="evaluate the last checkpoint of a run kept with --keep DIR instead of training")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "dit_audio.json"))
     args = ap.parse_args()
+    if args.eval_only and not args.keep:
+        ap.error("--eval-only needs --keep DIR")
     torch.set_num_threads(args.threads)
     cfg = replace(BENCH_CONFIG, steps=args.steps)
     frames = int(round(args.seconds * FPS))
@@ -169,15 +174,22 @@ def main() -> None:
         clips = pick_clips(args.shards, cfg, args.clips, frames, args.mouth_margin)
         names = [f"{c['key']} (mouth {c['mouth_px']:.0f} px)" for c in clips]
         print(f"clips: {', '.join(names)}", flush=True)
-        write_cut_shard(clips, args.seconds, os.path.join(work, "shards"))
         view = os.path.join(work, "view")
-        prepare_view(os.path.join(work, "shards"), cfg, view, progress=False)
-        real = view_frames(view, cfg)
-
         t0 = time.perf_counter()
-        train(view, os.path.join(work, "run"), cfg, device="cpu")
+        if args.eval_only:  # the clips, view and checkpoint of an earlier run kept in --keep
+            wavs = {s["__key__"]: s["wav"] for s in wds.WebDataset(
+                sorted(glob.glob(os.path.join(work, "shards", "*.tar"))), shardshuffle=False, empty_check=False)}
+            for c in clips:
+                c["wav"] = wavs[c["key"]]
+        else:
+            write_cut_shard(clips, args.seconds, os.path.join(work, "shards"))
+            prepare_view(os.path.join(work, "shards"), cfg, view, progress=False)
+            train(view, os.path.join(work, "run"), cfg, device="cpu")
         train_s = time.perf_counter() - t0
+        real = view_frames(view, cfg)
         log = [json.loads(line) for line in open(os.path.join(work, "run", "log.jsonl"))]
+        ckpt = torch.load(os.path.join(work, "run", "last.pt"), map_location="cpu", weights_only=True)
+        cfg = replace(cfg, steps=ckpt["step"])  # the steps the evaluated weights were trained for
         _, model = load_model(os.path.join(work, "run", "last.pt"), "cpu")
 
         rows = []
@@ -199,7 +211,7 @@ def main() -> None:
 
     print(f"\ntrained {cfg.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{cfg.resolution} px, {cfg.frames} frames) on {len(clips)} clips x {args.seconds:g} s for {cfg.steps} "
-          f"steps in {train_s:.0f} s wall; loss {log[0]['loss']:.4f} (first {cfg.log_every} steps) -> "
+          f"steps{' (an earlier run: --eval-only)' if args.eval_only else f' in {train_s:.0f} s wall'}; loss {log[0]['loss']:.4f} (first {cfg.log_every} steps) -> "
           f"{log[-1]['loss']:.4f} (last {cfg.log_every})")
     print(f"PSNR (dB) against the real clip over {frames} frames, generated from its first frame "
           f"({args.sample_steps} Euler steps, noise seed 0 for both audios); static = first frame repeated\n")
