@@ -155,6 +155,7 @@ def _add_optional_commands(sub) -> None:
     from curation.dit import cli as model_cli
     from curation.formats import talkverse as export
 
+    model_cli.add_prepare_parser(sub)
     model_cli.add_train_parser(sub)
     model_cli.add_sample_parser(sub)
     model_cli.add_bench_parser(sub)

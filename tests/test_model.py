@@ -1,4 +1,4 @@
-"""The bundled model on real footage: data pipeline, overfitting, exact resume and sampling (tiny, CPU)."""
+"""The bundled model on real footage: training view, loader, overfitting, exact resume and sampling (tiny, CPU)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import webdataset as wds
 
 from curation.dit import cli
 from curation.dit.configs import CONFIGS
-from curation.dit.data import make_loader, mel_window, read_frames, read_wav
+from curation.dit.data import decode_square, mel_window, read_wav
 from curation.dit.flow import flow_loss
+from curation.dit.loader import WindowBatches, make_loader
 from curation.dit.train import build_state, model_inputs, save_checkpoint, train, train_step
+from curation.dit.view import prepare_view, read_view
 
 ROOT = Path(__file__).resolve().parent.parent
 FOOTAGE = Path(os.environ.get("CURATION_FOOTAGE", ROOT.parent / "shared" / "footage"))
@@ -25,7 +27,7 @@ A1 = "A1_hdtf_bob_menendez_talking_8s.mp4"  # 512x512 25 fps
 E1 = "E1_liveportrait_d6_single_face_34s.mp4"  # 480x480 30 fps, resampled to 25
 CLIPS = [(A1, 0.0), (A1, 2.5), (A1, 5.0), (E1, 3.0), (E1, 12.0), (E1, 21.0)]
 CLIP_S = 2.0
-TINY = replace(CONFIGS["tiny"], num_workers=2, shuffle_buffer=4)
+TINY = replace(CONFIGS["tiny"], num_workers=2, hflip=0.5)
 
 
 def ffmpeg(*args: str) -> None:
@@ -61,42 +63,73 @@ def shards(tmp_path_factory) -> str:
     return str(make_shards(tmp_path_factory.mktemp("model-data")))
 
 
-# Two shared cores also run the DataLoader workers' ffmpeg: one intra-op thread avoids oversubscription.
+@pytest.fixture(scope="module")
+def view(shards, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("model-view") / "view")
+    prepare_view(shards, TINY, out, workers=2, progress=False)
+    return out
+
+
+# Two shared cores also run the DataLoader workers: one intra-op thread avoids oversubscription.
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def test_batches_have_model_shapes_with_two_workers(shards):
-    cfg = TINY
-    loader = iter(make_loader(shards, cfg))
-    batches = [next(loader) for _ in range(4)]
+def test_view_windows_match_a_direct_decode(shards, view, tmp_path):
+    meta = read_view(view)
+    assert meta["clips"] == len(CLIPS) and meta["frames"] == len(CLIPS) * 50 and meta["left_out"] == []
+    assert meta["params"]["resolution"] == TINY.resolution and meta["params"]["frames"] == TINY.frames
+    cfg = replace(TINY, batch_size=6, hflip=0.0)
+    batch = next(iter(make_loader(view, cfg, num_workers=0)))
     t, r = cfg.frames, cfg.resolution
-    for b in batches:
-        assert b["video"].shape == (cfg.batch_size, 3, t, r, r) and b["video"].dtype == torch.uint8
-        assert b["ref"].shape == (cfg.batch_size, 3, r, r) and b["ref"].dtype == torch.uint8
-        assert b["mel"].shape == (cfg.batch_size, 4 * t, cfg.n_mels) and torch.isfinite(b["mel"]).all()
-        assert b["video"].float().std() > 10  # real picture content, not a blank decode
-    # Two shards, two workers: batches alternate between the A1 shard and the E1 shard.
-    sources = [{k.split("_")[0] for k in b["key"]} for b in batches]
-    assert sources == [{"A1"}, {"E1"}, {"A1"}, {"E1"}]
+    assert batch["video"].shape == (6, 3, t, r, r) and batch["video"].dtype == torch.uint8
+    assert batch["ref"].shape == (6, 3, r, r) and batch["mel"].shape == (6, 4 * t, cfg.n_mels)
+    assert sorted(batch["key"]) == sorted(f"{Path(n).stem}_{i:03d}" for i, (n, _) in enumerate(CLIPS))  # epoch
+    samples = {s["__key__"]: s for s in wds.WebDataset(sorted(map(str, Path(shards).glob("*.tar"))),
+                                                       shardshuffle=False)}
+    for k, key in enumerate(batch["key"]):
+        start = int(batch["start"][k])
+        mp4 = tmp_path / f"{key}.mp4"
+        mp4.write_bytes(samples[key]["mp4"])
+        # An independent decode that seeks to the window gives the view's frames.
+        window = torch.from_numpy(decode_square(str(mp4), r, start, t)).permute(3, 0, 1, 2).int()
+        assert (window - batch["video"][k].int()).abs().max() <= 1, key
+        ref = torch.from_numpy(decode_square(str(mp4), r, 0, 1)[0]).permute(2, 0, 1).int()
+        assert (ref - batch["ref"][k].int()).abs().max() <= 1, key
+        # The mel rows are those of the window's audio (float16 in the view).
+        want = mel_window(read_wav(samples[key]["wav"]), start, t, cfg.n_mels)
+        torch.testing.assert_close(batch["mel"][k], want, atol=2e-2, rtol=2e-3)
+    assert batch["video"].float().std() > 10  # real picture content, not a blank decode
 
 
-def test_window_decode_and_mel_are_aligned(shards, tmp_path):
-    sample = next(iter(wds.WebDataset(os.path.join(shards, "shard-000000.tar"), shardshuffle=False)))
-    mp4 = tmp_path / "clip.mp4"
-    mp4.write_bytes(sample["mp4"])
-    full = read_frames(str(mp4), 0, 50, 32).astype(int)
-    window = read_frames(str(mp4), 17, 8, 32).astype(int)
-    assert np.abs(window - full[17:25]).max() <= 1  # the seek lands on frame 17 exactly
-    wav = read_wav(sample["wav"])
-    assert len(wav) == 2 * 16000
-    whole = mel_window(wav, 0, 50, 80)
-    assert whole.shape == (200, 80)
-    torch.testing.assert_close(mel_window(wav, 17, 8, 80), whole[68:100], atol=1e-4, rtol=1e-4)
+def test_batches_depend_only_on_the_batch_index(view):
+    two = iter(make_loader(view, TINY))  # two worker processes
+    batches = [next(two) for _ in range(5)]
+    later = iter(make_loader(view, TINY, start_batch=3, num_workers=0))
+    for b in batches[3:]:
+        a = next(later)
+        assert a["key"] == b["key"] and torch.equal(a["start"], b["start"])
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["ref"], b["ref"]) and torch.equal(a["mel"], b["mel"])
+    assert len({(k, int(s)) for b in batches for k, s in zip(b["key"], b["start"])}) > 15  # windows vary
+    # hflip mirrors clip and reference together, in about half of the samples.
+    plain, mirrored = WindowBatches(view, replace(TINY, hflip=0.0)), WindowBatches(view, TINY)
+    flips = 0
+    for g in range(40):
+        a, b = plain.sample(g), mirrored.sample(g)
+        assert a["start"] == b["start"] and torch.equal(a["mel"], b["mel"])
+        if not torch.equal(a["video"], b["video"]):
+            flips += 1
+            assert torch.equal(a["video"].flip(-1), b["video"]) and torch.equal(a["ref"].flip(-1), b["ref"])
+    assert 10 <= flips <= 30, flips
 
 
-def test_tiny_overfits_one_batch(shards):
+def test_training_refuses_a_view_made_for_other_settings(view, tmp_path):
+    with pytest.raises(ValueError, match="resolution 32 .*wants 48"):
+        train(view, str(tmp_path / "run"), replace(TINY, resolution=48, steps=1))
+
+
+def test_tiny_overfits_one_batch(view):
     cfg = replace(TINY, num_workers=0)
-    batch = next(iter(make_loader(shards, cfg)))
+    batch = next(iter(make_loader(view, cfg)))
     st = build_state(cfg, "cpu")
 
     def fixed_noise_loss() -> float:
@@ -115,11 +148,12 @@ def _logged_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
-def test_resume_continues_exactly(shards, tmp_path):
+def test_resume_continues_exactly(shards, view, tmp_path):
     cfg = replace(TINY, batch_size=2, steps=5, log_every=1)
-    train(shards, str(tmp_path / "a"), cfg)
-    train(shards, str(tmp_path / "b"), cfg, until=3)  # interrupted after step 3 (3 % 2 workers != 0)
-    train(shards, str(tmp_path / "b"), resume=True)
+    train(shards, str(tmp_path / "a"), cfg, progress=False)  # curation shards: prepares a/view first
+    assert read_view(str(tmp_path / "a" / "view"))["clips"] == len(CLIPS)
+    train(view, str(tmp_path / "b"), cfg, until=3)  # interrupted after step 3 (3 % 2 workers != 0)
+    train(view, str(tmp_path / "b"), resume=True)
     a, b = _logged_losses(tmp_path / "a"), _logged_losses(tmp_path / "b")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
     for step in a:

@@ -54,15 +54,17 @@ def peak_flops(device: torch.device, peak_tflops: float | None) -> float | None:
 
 
 def benchmark(cfg: Config, device: str = "cpu", batch_size: int | None = None, steps: int = 10, warmup: int = 3,
-              peak_tflops: float | None = None) -> dict:
+              peak_tflops: float | None = None, compile: bool = False) -> dict:
     if batch_size:
         cfg = replace(cfg, batch_size=batch_size)
-    st = build_state(cfg, device)
+    st = build_state(cfg, device, compile)
     batch = synthetic_batch(cfg, cfg.batch_size)
     for _ in range(warmup):
         train_step(st, batch)
+    compiled, st.forward = st.forward, st.model  # FLOPs are counted on the eager model (same math)
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         train_step(st, batch)
+    st.forward = compiled
     flops = counter.get_total_flops()
 
     sync = torch.cuda.synchronize if st.device.type == "cuda" else (lambda: None)
@@ -78,7 +80,7 @@ def benchmark(cfg: Config, device: str = "cpu", batch_size: int | None = None, s
     achieved = flops / step_time
     return {
         "config": cfg.name, "device": torch.cuda.get_device_name(st.device) if st.device.type == "cuda" else "cpu",
-        "precision": "bf16-autocast" if st.device.type == "cuda" else "fp32",
+        "precision": "bf16-autocast" if st.device.type == "cuda" else "fp32", "compiled": compile,
         "batch_size": cfg.batch_size, "params_M": sum(p.numel() for p in st.model.parameters()) / 1e6,
         "step_time_s": step_time, "samples_per_s": cfg.batch_size / step_time,
         "flops_per_step": flops, "achieved_tflops": achieved / 1e12,
@@ -90,7 +92,7 @@ def format_report(r: dict) -> str:
     mfu = f"{100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s" if r["mfu"] is not None else "n/a"
     return "\n".join([
         f"config {r['config']} on {r['device']} ({r['precision']}), batch {r['batch_size']}, "
-        f"{r['params_M']:.2f} M parameters",
+        f"{r['params_M']:.2f} M parameters{', torch.compile' if r.get('compiled') else ''}",
         f"train step       {1000 * r['step_time_s']:.1f} ms",
         f"samples/s        {r['samples_per_s']:.1f}",
         f"FLOPs per step   {r['flops_per_step'] / 1e9:.2f} GFLOP ({r['achieved_tflops']:.3f} TFLOP/s achieved)",

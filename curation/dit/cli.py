@@ -1,6 +1,7 @@
-"""argparse subcommands for the model: `train`, `sample` and `bench-model`.
+"""argparse subcommands for the model: `prepare-train`, `train`, `sample` and `bench-model`.
 
-`curation/cli.py` wires them in with add_train_parser(subparsers) etc.; each sets `func(args)`.
+`curation/cli.py` wires them in with add_prepare_parser(subparsers), add_train_parser(subparsers) etc.;
+each sets `func(args)`.
 Run this file directly to try them standalone: python -m curation.dit.cli train --help"""
 
 from __future__ import annotations
@@ -29,9 +30,39 @@ def _run_train(args: argparse.Namespace) -> None:
         raise SystemExit("train: --config is required for a new run")
     cfg = get_config(args.config) if args.config else None
     try:
-        train(args.shards, args.out, cfg, device=args.device, resume=args.resume, steps=args.steps)
+        train(args.shards, args.out, cfg, device=args.device, resume=args.resume, steps=args.steps,
+              compile=args.compile)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"train: {e}") from None
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from .view import prepare_view
+
+    try:
+        meta = prepare_view(args.shards, get_config(args.config), args.out, workers=args.workers)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"prepare-train: {e}") from None
+    print(f"wrote {args.out}: {meta['clips']} clips, {meta['frames']} frames at {meta['params']['resolution']} px "
+          f"({len(meta['shards'])} shards); {len(meta['left_out'])} clips left out")
+    for c in meta["left_out"]:
+        print(f"  left out {c['key']}: {c['reason']} ({c['message']})")
+
+
+def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "prepare-train", help="decode curated shards once into a training view for a model config",
+        description="Decode every clip of the curation shards once, at the config's resolution and 25 fps "
+                    "(centre-cropped square), and write the frames (uint8) and log-mel (float16) as WebDataset "
+                    "shards of their own with a view.json naming the config values they were made for. "
+                    "`curation train --shards VIEW` then trains without decoding anything.")
+    p.add_argument("--shards", required=True, metavar="DIR", help="the shards/ folder of a curation run")
+    p.add_argument("--config", required=True, choices=sorted(CONFIGS), metavar="CONFIG",
+                   help=f"model size the view is for, one of {', '.join(CONFIGS)} ({_sizes()})")
+    p.add_argument("--out", required=True, metavar="VIEW", help="directory to write the view to (new or empty)")
+    p.add_argument("--workers", type=int, metavar="N", help="clips decoded at once (default: the CPU count)")
+    p.set_defaults(func=_run_prepare)
+    return p
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -41,7 +72,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     "shards a curation run wrote. Logs loss and throughput to stdout and OUT/log.jsonl, "
                     "checkpoints to OUT/last.pt.")
     p.add_argument("--shards", required=True, metavar="DIR",
-                   help="directory holding the *.tar shards (the shards/ folder of a curation run)")
+                   help="a training view (from `curation prepare-train`), or the shards/ folder of a curation "
+                        "run: then the view is prepared first, once, in RUN_DIR/view")
     p.add_argument("--config", choices=sorted(CONFIGS), metavar="CONFIG",
                    help=f"model size, one of {', '.join(CONFIGS)} ({_sizes()}). Required for a new run; "
                         "with --resume the checkpoint's config is used and CONFIG, if given, must match it")
@@ -56,6 +88,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR/last.pt exactly: same weights, optimizer, schedule, data order and "
                         "noise as an uninterrupted run")
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     p.set_defaults(func=_run_train)
     return p
 
@@ -95,7 +128,7 @@ def run_bench(args: argparse.Namespace) -> None:
     from .bench import benchmark, format_report
 
     r = benchmark(get_config(args.config), args.device, batch_size=args.batch, steps=args.steps,
-                  warmup=args.warmup, peak_tflops=args.peak_tflops)
+                  warmup=args.warmup, peak_tflops=args.peak_tflops, compile=args.compile)
     print(format_report(r))
     print(json.dumps(r))
 
@@ -117,6 +150,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first (default: 3)")
     p.add_argument("--peak-tflops", type=float, metavar="T",
                    help="peak TFLOP/s for MFU; default: 989 (dense bf16) on H100/H200, else MFU is n/a")
+    p.add_argument("--compile", action="store_true", help="time the model through torch.compile")
     p.set_defaults(func=run_bench)
     return p
 
@@ -130,6 +164,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="curation", description="talkcurate model commands")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_prepare_parser(sub)
     add_train_parser(sub)
     add_sample_parser(sub)
     add_bench_parser(sub)

@@ -12,6 +12,10 @@ AUDIO_RATE = 16000
 MEL_PER_FRAME = 4  # hop 160 at 16 kHz: 4 mel frames per 25 fps video frame
 
 
+# Keys older checkpoints may hold that no longer mean anything (the streaming loader's shuffle buffer).
+RETIRED_KEYS = {"shuffle_buffer"}
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -38,8 +42,8 @@ class Config:
     steps: int = 1000
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    num_workers: int = 2
-    shuffle_buffer: int = 64
+    num_workers: int = 1  # loader processes reading the training view (0: in the training process)
+    hflip: float = 0.0  # share of training samples mirrored left-right (clip and reference together)
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 500
@@ -59,6 +63,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> Config:
         known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RETIRED_KEYS}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
@@ -72,10 +77,10 @@ CONFIGS: dict[str, Config] = {
                    batch_size=4, lr=1e-3, warmup_steps=20, steps=300, ema_decay=0.99, ckpt_every=100),
     "small": Config(name="small", resolution=64, frames=16, patch=(2, 4, 4), dim=384, depth=12, heads=6,
                     batch_size=32, lr=3e-4, warmup_steps=1000, steps=100_000, ema_decay=0.9999,
-                    num_workers=8, shuffle_buffer=256, log_every=50, ckpt_every=2000),
+                    num_workers=4, hflip=0.5, log_every=50, ckpt_every=2000),
     "base": Config(name="base", resolution=128, frames=16, patch=(2, 8, 8), dim=768, depth=12, heads=12,
                    batch_size=32, lr=1e-4, warmup_steps=2000, steps=300_000, ema_decay=0.9999,
-                   num_workers=12, shuffle_buffer=512, log_every=50, ckpt_every=2000),
+                   num_workers=6, hflip=0.5, log_every=50, ckpt_every=2000),
 }
 
 

@@ -6,14 +6,13 @@ reference, each with its own audio), joined and cut to the requested length."""
 from __future__ import annotations
 
 import math
-import subprocess
 
 import numpy as np
 import torch
 
-from ..media.ffmpeg import FFMPEG
+from ..media.ffmpeg import encode_frames
 from .configs import FPS, Config
-from .data import SAMPLES_PER_FRAME, load_audio, mel_window, read_frames
+from .data import SAMPLES_PER_FRAME, decode_square, load_audio, mel_window
 from .dit import DiT
 from .flow import sample
 from .train import autocast
@@ -48,16 +47,7 @@ def generate(model: DiT, cfg: Config, ref: np.ndarray, audio: np.ndarray, frames
 def write_mp4(frames: np.ndarray, audio_path: str, out_path: str) -> None:
     """H.264 yuv420p at 25 fps from (N, H, W, 3) uint8, with the audio file muxed in as AAC and cut to
     the video's length."""
-    n, h, w, _ = frames.shape
-    cmd = [FFMPEG, "-nostdin", "-v", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(FPS), "-i", "-",
-           "-i", audio_path, "-map", "0:v:0", "-map", "1:a:0",
-           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-c:a", "aac", "-b:a", "128k",
-           "-t", f"{n / FPS:.6f}", "-movflags", "+faststart", out_path]
-    p = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False,
-                       timeout=600)
-    if p.returncode:
-        raise RuntimeError(f"ffmpeg could not write {out_path}: {p.stderr.decode(errors='replace')[-300:]}")
+    encode_frames(frames, out_path, fps=FPS, audio_path=audio_path)
 
 
 def sample_to_file(ckpt_path: str, ref_path: str, audio_path: str, out_path: str, *, frames: int | None = None,
@@ -68,7 +58,7 @@ def sample_to_file(ckpt_path: str, ref_path: str, audio_path: str, out_path: str
     cfg, model = load_model(ckpt_path, device)
     audio = load_audio(audio_path)
     frames = frames or max(1, round(len(audio) / SAMPLES_PER_FRAME))
-    ref = read_frames(ref_path, 0, 1, cfg.resolution)[0]
+    ref = decode_square(ref_path, cfg.resolution, 0, 1)[0]
     video = generate(model, cfg, ref, audio, frames, steps or cfg.sample_steps,
                      cfg.cfg_scale if cfg_scale is None else cfg_scale, seed, device)
     write_mp4(video, audio_path, out_path)

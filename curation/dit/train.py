@@ -1,10 +1,14 @@
 """Training: AdamW with a warmup + cosine schedule, bf16 autocast on CUDA (fp32 on CPU), EMA weights,
-gradient clipping, and checkpoints that resume exactly.
+gradient clipping, and checkpoints that resume exactly. `compile=True` runs the model's forward and
+backward through torch.compile (the weights, and so the checkpoints, are the same module's).
+
+Training reads a training view (view.py); given curation shards instead, it first prepares one in
+RUN_DIR/view (once: a resumed run reuses it).
 
 A checkpoint holds the model, EMA, optimizer and scheduler state, the step, the RNG states (the noise
 generator that draws t, noise and audio dropout, and torch's global generators) and the config as a
 plain dict; it loads with `torch.load(weights_only=True)`. The data position needs no state of its own:
-the loader is a pure function of the config and the step (see data.py)."""
+the loader is a pure function of the config and the step (see loader.py)."""
 
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from .configs import Config
-from .data import make_loader
 from .dit import DiT
 from .flow import flow_loss
+from .loader import make_loader
+from .view import check_view, is_view, prepare_view
 
 CKPT_NAME = "last.pt"
+VIEW_NAME = "view"  # where a run keeps the view it prepared from curation shards
 # Fields a config passed at resume may differ in from the stored one (which is what the run goes on with).
 IGNORED_AT_RESUME = {"steps", "log_every", "ckpt_every"}
 
@@ -39,6 +45,11 @@ class TrainState:
     sched: LambdaLR
     gen: torch.Generator  # t, noise and audio-dropout draws
     step: int = 0
+    forward: torch.nn.Module | None = None  # what the step calls: the model, or its torch.compile wrapper
+
+    def __post_init__(self):
+        if self.forward is None:
+            self.forward = self.model
 
 
 def autocast(device: torch.device):
@@ -55,7 +66,7 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_state(cfg: Config, device: str | torch.device) -> TrainState:
+def build_state(cfg: Config, device: str | torch.device, compile: bool = False) -> TrainState:
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     model = DiT(cfg).to(device)
@@ -66,7 +77,7 @@ def build_state(cfg: Config, device: str | torch.device) -> TrainState:
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     sched = LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.steps))
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    return TrainState(cfg, device, model, ema, opt, sched, gen)
+    return TrainState(cfg, device, model, ema, opt, sched, gen, forward=torch.compile(model) if compile else model)
 
 
 def model_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +92,7 @@ def train_step(st: TrainState, batch: dict) -> dict:
     video, ref, mel = model_inputs(batch, st.device)
     st.model.train()
     with autocast(st.device):
-        loss = flow_loss(st.model, video, ref, mel, st.gen, st.cfg.audio_dropout)
+        loss = flow_loss(st.forward, video, ref, mel, st.gen, st.cfg.audio_dropout)
     st.opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), st.cfg.grad_clip)
@@ -107,7 +118,7 @@ def save_checkpoint(st: TrainState, path: str) -> None:
 
 
 def load_checkpoint(path: str, device: str | torch.device, cfg: Config | None = None,
-                    steps: int | None = None) -> TrainState:
+                    steps: int | None = None, compile: bool = False) -> TrainState:
     """Rebuild the training state saved at `path` with its stored config, `steps` replacing the total
     step count when given. `cfg`, when given, is only checked: a run resumes under the config it began."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -116,7 +127,7 @@ def load_checkpoint(path: str, device: str | torch.device, cfg: Config | None = 
         differ = sorted(k for k, v in cfg.to_dict().items() if v != saved.to_dict()[k] and k not in IGNORED_AT_RESUME)
         if differ:
             raise ValueError(f"config {cfg.name!r} differs from the checkpoint's in {differ}")
-    st = build_state(saved if steps is None else replace(saved, steps=steps), device)
+    st = build_state(saved if steps is None else replace(saved, steps=steps), device, compile)
     st.model.load_state_dict(ckpt["model"])
     st.ema.load_state_dict(ckpt["ema"])
     st.opt.load_state_dict(ckpt["optimizer"])
@@ -129,27 +140,46 @@ def load_checkpoint(path: str, device: str | torch.device, cfg: Config | None = 
     return st
 
 
-def train(shards_dir: str, out_dir: str, cfg: Config | None = None, *, device: str = "cpu",
-          resume: bool = False, steps: int | None = None, until: int | None = None) -> TrainState:
+def training_view(data_dir: str, out_dir: str, cfg: Config, progress: bool = True) -> str:
+    """The view to train `cfg` on: `data_dir` itself when it is one (checked against cfg), else the view
+    of the curation shards in `data_dir` kept in OUT/view, prepared there the first time."""
+    if is_view(data_dir):
+        check_view(data_dir, cfg)
+        return data_dir
+    view = os.path.join(out_dir, VIEW_NAME)
+    if is_view(view):
+        check_view(view, cfg)
+    else:
+        meta = prepare_view(data_dir, cfg, view, progress=progress)
+        print(json.dumps({"view": view, "clips": meta["clips"], "frames": meta["frames"],
+                          "left_out": len(meta["left_out"])}), flush=True)
+    return view
+
+
+def train(data_dir: str, out_dir: str, cfg: Config | None = None, *, device: str = "cpu",
+          resume: bool = False, steps: int | None = None, until: int | None = None, compile: bool = False,
+          progress: bool = True) -> TrainState:
     """Train to step `until` (default: the total, cfg.steps or `steps`), logging to stdout and
     OUT/log.jsonl and checkpointing to OUT/last.pt every cfg.ckpt_every steps and at the end.
+    `data_dir` is a training view or curation shards (see training_view).
     A new run needs `cfg`; `resume` continues OUT/last.pt under its stored config (see load_checkpoint)."""
     ckpt_path = os.path.join(out_dir, CKPT_NAME)
     if resume:
-        st = load_checkpoint(ckpt_path, device, cfg, steps)
+        st = load_checkpoint(ckpt_path, device, cfg, steps, compile)
     else:
         if cfg is None:
             raise ValueError("a new run needs a config")
         if os.path.exists(ckpt_path):
             raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) or use another --out")
-        st = build_state(cfg if steps is None else replace(cfg, steps=steps), device)
+        st = build_state(cfg if steps is None else replace(cfg, steps=steps), device, compile)
     cfg = st.cfg
     until = cfg.steps if until is None else until
     os.makedirs(out_dir, exist_ok=True)
+    view = training_view(data_dir, out_dir, cfg, progress)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg.to_dict(), f, indent=1)
 
-    loader = iter(make_loader(shards_dir, cfg, start_batch=st.step, pin_memory=st.device.type == "cuda"))
+    loader = iter(make_loader(view, cfg, start_batch=st.step, pin_memory=st.device.type == "cuda"))
     with open(os.path.join(out_dir, "log.jsonl"), "a") as log:
         losses, t0, step0 = [], time.perf_counter(), st.step
         while st.step < until:

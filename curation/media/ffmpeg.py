@@ -409,3 +409,24 @@ def encode_clip(path: str, start_s: float, end_s: float, *, fps: float = 25.0, a
         with open(wav, "rb") as f:
             wav_bytes = f.read()
     return mp4_bytes, wav_bytes, n_frames
+
+
+def encode_frames(frames: np.ndarray, out_path: str, *, fps: float = 25.0, audio_path: str | None = None,
+                  crf: int = 18, timeout: float = 600.0) -> None:
+    """Write (N, H, W, 3) uint8 RGB frames as H.264 yuv420p at `fps`, with the first audio stream of
+    `audio_path` muxed in as AAC and cut to the video's length when given."""
+    n, h, w, _ = frames.shape
+    cmd = [FFMPEG, "-nostdin", "-v", "error", "-y",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-"]
+    if audio_path:
+        cmd += ["-i", local_path(audio_path), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-t", f"{n / fps:.6f}",
+            "-movflags", "+faststart", out_path]
+    try:
+        p = subprocess.run(cmd, input=np.ascontiguousarray(frames, np.uint8).tobytes(), capture_output=True,
+                           timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise MediaError("timeout:write", f"ffmpeg took longer than {timeout:g} s") from None
+    if p.returncode != 0:
+        err = p.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise MediaError("unreadable", f"ffmpeg could not write {out_path}: {(err[-1] if err else p.returncode)}"[:500])
