@@ -54,8 +54,13 @@ def report(directory: str, html: bool = True) -> int:
     if mpath.exists():
         stages = [s["name"] for s in (yaml.safe_load(mpath.read_text()) or {}).get("stages", [])
                   if s.get("enabled", True)]
+    sel = root / "audit" / "select.json"
+    if sel.exists():  # made by `curation select`: its own stage list (with the `select` pseudo-stage)
+        stages = json.loads(sel.read_text()).get("stages", stages)
     funnel = consolidate(root, stages)
     print_funnel(funnel)
+    for name, t in (funnel.get("totals", {}).get("tiers") or {}).items():
+        print(f"tier {name}: {t['clips']} clips, {_hms(t['seconds'])}")
     if html:
         try:
             from curation.report.html import write_report
