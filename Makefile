@@ -1,4 +1,5 @@
-# talkcurate: `make demo` runs the pipeline on the example footage; `make test` runs the test suite.
+# talkcurate: `make demo` runs the pipeline on the example footage; `make test` runs the test suite (as CI
+# does); `make test-fast` the fast tier (stage logic, formats, config, report on small inputs; no Ray).
 # Both install what is missing first (ffmpeg with apt, the package into .venv).
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -10,7 +11,7 @@ DEMO_OUT ?= demo-out
 FREEZE := $(SHARED)/deps/python311-proven-freeze.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test install ffmpeg clean
+.PHONY: demo test test-fast install ffmpeg clean
 
 ffmpeg:
 	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
@@ -38,6 +39,9 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install
+	$(VENV)/bin/python -m pytest tests -m "not slow" -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

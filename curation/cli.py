@@ -186,21 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub) -> None:
-    """Commands that live in their own modules (model, export)."""
-    try:
-        from curation.dit import cli as model_cli
-    except ImportError:
-        model_cli = None
-    if model_cli is not None:
-        for name in ("add_train_parser", "add_sample_parser", "add_bench_parser"):
-            if hasattr(model_cli, name):
-                getattr(model_cli, name)(sub)
-    try:
-        from curation.formats import talkverse as export
-    except ImportError:
-        export = None
-    if export is not None and hasattr(export, "add_parser"):
-        export.add_parser(sub)
+    """Commands that live in their own modules (the DiT, the TalkVerse export). Imported directly: a broken
+    module fails the command line with its traceback instead of making a command vanish."""
+    from curation.dit import cli as model_cli
+    from curation.formats import talkverse as export
+
+    model_cli.add_train_parser(sub)
+    model_cli.add_sample_parser(sub)
+    model_cli.add_bench_parser(sub)
+    export.add_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

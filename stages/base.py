@@ -1,37 +1,95 @@
 """The stage contract: a plain class over a batch of clip records, testable without Ray.
 
-A stage is built once per worker (models load in `__init__` or lazily on first use, once per actor),
+A stage is built once per worker; `setup()` (load models) runs once per instance, before its first clip;
 then `process(records)` is called on batches. Records already rejected pass through untouched (in a
-score-only run, records rejected only by a threshold keep being scored). Any exception on one clip
-becomes a rejection `error:<stage>` with the message; a clip that overruns the stage's time limit
-becomes `timeout:<stage>`. Wall and CPU seconds are charged to every record for the funnel."""
+score-only run, records rejected only by a threshold keep being scored). Any exception on one clip becomes a
+rejection `error:<stage>` with the message; a clip that overruns the stage's time limit becomes
+`timeout:<stage>`. Wall and CPU seconds are charged to every record for the funnel.
+
+Decisions are declared, never written as code: a stage's `Params.checks` lists every check (score, the
+params key holding the bound, min / max / max_abs, the reason, threshold or hard); `Stage.check(rec, score,
+value)` records the score and runs the checks declared on it. Rejections that are not a bound on a score
+(nothing decodable, no video stream) are the stage's `hard_reasons`, each documented; `Stage.reject` accepts
+no other reason. A threshold is only noted (`would_reject`) in a `--score-only` run; a hard rejection always
+applies. `curation.engine.thresholds` writes all of it to `audit/thresholds.json` for the report."""
 
 from __future__ import annotations
 
-import ctypes
-import fnmatch
-import os
 import resource
-import signal
-import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from curation.media.ffmpeg import MediaError
 from curation.engine.record import REJECTED, ClipRecord
+from curation.engine.watchdog import StageTimeout, time_limit
+from curation.media.ffmpeg import MediaError
+
+Direction = Literal["min", "max", "max_abs"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One declared decision: reject with `reason` when the score `score` is below (min), above (max) or,
+    in absolute value, above (max_abs) the value of the params field `key`. A bound of None is not applied
+    (the score is recorded only). `hard`: a hard rejection, applied in a score-only run too. `when`: the
+    check applies only when these params fields have these values (e.g. one bound per backend)."""
+
+    score: str
+    key: str
+    direction: Direction
+    reason: str
+    doc: str = ""
+    hard: bool = False
+    when: tuple[tuple[str, Any], ...] = ()
+
+    def applies(self, params: BaseModel) -> bool:
+        return all(getattr(params, k) == v for k, v in self.when)
+
+    def bound(self, params: BaseModel) -> float | None:
+        v = getattr(params, self.key)
+        return None if v is None else float(v)
+
+    def passes(self, value: float | None, bound: float) -> bool:
+        if value is None:  # not measurable: a decision cannot pass on it
+            return False
+        if self.direction == "min":
+            return value >= bound
+        if self.direction == "max":
+            return value <= bound
+        return abs(value) <= bound
+
+    def needs(self, bound: float) -> str:
+        return {"min": f">= {bound:g}", "max": f"<= {bound:g}",
+                "max_abs": f">= {-bound:g} and <= {bound:g}"}[self.direction]
 
 
 class Params(BaseModel):
-    """Base for a stage's manifest parameters: unknown keys are errors."""
+    """Base for a stage's manifest parameters: unknown keys are errors. `checks`: the stage's decisions."""
 
     model_config = ConfigDict(extra="forbid")
+    checks: ClassVar[tuple[Check, ...]] = ()
+
+    @classmethod
+    def validate_checks(cls) -> None:
+        """Every declared check names a params field (called by the tests and by the thresholds table)."""
+        for c in cls.checks:
+            if c.key not in cls.model_fields:
+                raise TypeError(f"{cls.__name__}: check on {c.score} names params key {c.key!r}, which does not exist")
+            for k, _ in c.when:
+                if k not in cls.model_fields:
+                    raise TypeError(f"{cls.__name__}: check on {c.score}: `when` names unknown key {k!r}")
+
+
+# Every stage may reject with these; they are documented once here.
+GENERIC_HARD_REASONS: dict[str, str] = {
+    "unreadable": "the media could not be decoded (ffmpeg or the decoder failed, or no frame came out)",
+    "error:{stage}": "the stage raised an exception on this clip (message and traceback in the audit)",
+    "timeout:{stage}": "the clip overran the stage's per-clip time limit (resources.timeout_s)",
+}
 
 
 @dataclass
@@ -47,99 +105,6 @@ class StageContext:
     use_gpu: bool = False
 
 
-class StageTimeout(BaseException):
-    """A clip overran its stage's time limit. A BaseException, so that stage code catching Exception (a
-    decoder fallback, say) does not swallow it."""
-
-
-def hard_grace_s(limit: float) -> float:
-    """How long past its time limit a clip stuck in native code may hold a worker before it is killed."""
-    return min(max(10.0, 0.25 * limit), 120.0)
-
-
-class _Watch:
-    def __init__(self):
-        self.done = False
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-
-
-def _async_raise(thread_id: int, exc: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
-
-
-def _checkpoint() -> None:
-    """A Python-level call: the interpreter raises pending asynchronous exceptions at such points."""
-
-
-def _watchdog(watch: _Watch, thread_id: int, soft_after: float | None, hard_after: float,
-              on_hard: Callable | None, rec: ClipRecord, reason: str, message: str) -> None:
-    t0 = time.monotonic()
-    if soft_after is not None:
-        if watch.wake.wait(soft_after):
-            return
-        with watch.lock:
-            if watch.done:
-                return
-            _async_raise(thread_id, StageTimeout)
-    if on_hard is None:
-        return
-    if watch.wake.wait(max(0.0, hard_after - (time.monotonic() - t0))):
-        return
-    with watch.lock:
-        if watch.done:
-            return
-        try:
-            on_hard(rec, reason, message)
-        finally:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Fault injection, for testing the pipeline's fault handling on real workers (see docs/operations.md):
-# CURATION_FAULTS="stage:action:match[;stage:action:match...]" makes `stage` do `action` on every clip whose
-# key or source path contains `match` (a glob: `*` matches anything). Actions: raise (an exception), kill
-# (SIGKILL its own worker, every time), kill_once (only the first time, across processes: a marker file in
-# CURATION_FAULTS_DIR), hang (an endless Python loop), hang_native (blocked inside a C call, where no Python
-# exception can reach it). Unset, nothing happens.
-
-def _faults() -> list[tuple[str, str, str]]:
-    spec = os.environ.get("CURATION_FAULTS", "")
-    out = []
-    for item in spec.split(";"):
-        parts = item.split(":", 2)
-        if len(parts) == 3 and all(parts):
-            out.append((parts[0], parts[1], parts[2]))
-    return out
-
-
-def _inject_fault(stage: str, rec: ClipRecord) -> None:
-    for st, action, match in _faults():
-        if st != stage or not (fnmatch.fnmatchcase(rec.key, f"*{match}*") or fnmatch.fnmatchcase(rec.source, f"*{match}*")):
-            continue
-        if action == "raise":
-            raise RuntimeError(f"injected fault in {stage} on {rec.key}")
-        if action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if action == "kill_once":
-            d = os.environ.get("CURATION_FAULTS_DIR") or tempfile.gettempdir()
-            marker = os.path.join(d, f"fault-{stage}-{rec.key}")
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                continue
-            os.kill(os.getpid(), signal.SIGKILL)
-        if action == "hang":  # slow Python code: short sleeps, so a pending exception gets in between
-            deadline = time.monotonic() + 3600
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
-        if action == "hang_native":  # lock a plain mutex twice: blocks in C, deaf to signals and async exceptions
-            mutex = ctypes.create_string_buffer(64)
-            libc = ctypes.CDLL(None)
-            libc.pthread_mutex_lock(mutex)
-            libc.pthread_mutex_lock(mutex)
-
-
 def cpu_seconds() -> float:
     """CPU seconds of this process and of the children it has waited for (ffmpeg subprocesses)."""
     s = resource.getrusage(resource.RUSAGE_SELF)
@@ -150,19 +115,34 @@ def cpu_seconds() -> float:
 class Stage:
     name: ClassVar[str] = "stage"
     Params: ClassVar[type[Params]] = Params
-    # Weight files (names in curation.weights.REGISTRY) this stage needs with the given params;
-    # checked at start-up so a missing file fails the run before any work, naming file and stage.
     uses_models: ClassVar[bool] = False  # True: run as a Ray actor pool (load once per actor)
+    # Declared outputs besides the checks (`Params.checks`): rejection reasons that are no bound on a score
+    # (on top of GENERIC_HARD_REASONS), numeric scores recorded without a bound, and string fields (labels).
+    hard_reasons: ClassVar[dict[str, str]] = {}
+    records: ClassVar[dict[str, str]] = {}
+    labels: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: Params, ctx: StageContext):
         self.params = params
         self.ctx = ctx
+        self._set_up = False
 
     @classmethod
     def required_weights(cls, params: Params) -> list[str]:
+        """Weight files (names in curation.weights.REGISTRY) this stage needs with the given params; checked
+        at start-up so a missing file fails the run before any work, naming file and stage."""
         return []
 
-    # -- override one of these -------------------------------------------------------------------
+    def weight(self, name: str) -> str:
+        """The path of weight file `name` (curation.weights.REGISTRY) in the run's weights directory."""
+        from curation.weights import resolve
+
+        return str(resolve(name, self.ctx.weights_dir, stage=self.name))
+
+    # -- override these ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load models: called once per stage instance (one Ray actor), before its first clip."""
+
     def process_one(self, rec: ClipRecord) -> ClipRecord | list[ClipRecord]:
         raise NotImplementedError
 
@@ -174,78 +154,68 @@ class Stage:
             out.extend(self._guarded(rec))
         return out
 
-    # -- machinery ---------------------------------------------------------------------------------
+    # -- decisions -----------------------------------------------------------------------------------
+    def ensure_setup(self) -> None:
+        if not self._set_up:
+            self.setup()
+            self._set_up = True
+
     def should_process(self, rec: ClipRecord) -> bool:
-        if rec.status != REJECTED:
-            return True
-        return False
+        return rec.status != REJECTED
+
+    @classmethod
+    def hard_reason_names(cls) -> dict[str, str]:
+        """Every hard reason of this stage, generic ones with the stage's name filled in."""
+        out = {k.format(stage=cls.name): v for k, v in GENERIC_HARD_REASONS.items()}
+        out.update(cls.hard_reasons)
+        return out
 
     def reject(self, rec: ClipRecord, reason: str, message: str | None = None) -> None:
-        rec.reject(self.name, reason, message, score_only=self.ctx.score_only)
+        """A hard rejection (no bound on a score): `reason` must be one of the stage's declared hard reasons."""
+        if reason not in self.hard_reason_names():
+            raise ValueError(f"stage {self.name}: reason {reason!r} is neither a declared check nor a hard reason")
+        rec.reject(self.name, reason, message)
 
-    def check(self, rec: ClipRecord, score: str, value: float | None, *, reason: str,
-              min: float | None = None, max: float | None = None) -> bool:
-        """Record `score` and reject with `reason` when it falls outside [min, max] (None = open)."""
+    def check(self, rec: ClipRecord, score: str, value: float | None) -> bool:
+        """Record the numeric `score` (None: not measurable) and run the checks declared on it in `Params.checks`;
+        the first failing one rejects (a threshold is only noted in a score-only run). True when all pass."""
         rec.scores[score] = None if value is None else float(value)
-        ok = value is not None and (min is None or value >= min) and (max is None or value <= max)
-        if not ok:
-            bound = []
-            if min is not None:
-                bound.append(f">= {min:g}")
-            if max is not None:
-                bound.append(f"<= {max:g}")
+        decl = [c for c in self.Params.checks if c.score == score]
+        if not decl:
+            raise KeyError(f"stage {self.name}: no check declared on score {score!r} (Params.checks)")
+        ok = True
+        for c in decl:
+            if not c.applies(self.params):
+                continue
+            bound = c.bound(self.params)
+            if bound is None or c.passes(rec.scores[score], bound):
+                continue
+            ok = False
             shown = "none" if value is None else f"{value:.4g}"
-            self.reject(rec, reason, f"{score}={shown}, needs {' and '.join(bound)}")
+            rec.reject(self.name, c.reason, f"{score}={shown}, needs {c.needs(bound)}",
+                       would_only=self.ctx.score_only and not c.hard)
         return ok
 
+    def record(self, rec: ClipRecord, score: str, value: float | None) -> None:
+        """Record a numeric score that no check bounds (declared in `records`); None: not measured."""
+        if score not in self.records:
+            raise KeyError(f"stage {self.name}: score {score!r} is not declared in {type(self).__name__}.records")
+        rec.scores[score] = None if value is None else float(value)
+
+    def label(self, rec: ClipRecord, name: str, value: str | None) -> None:
+        """Record a string field (declared in `labels`), kept apart from the numeric scores."""
+        if name not in self.labels:
+            raise KeyError(f"stage {self.name}: label {name!r} is not declared in {type(self).__name__}.labels")
+        rec.labels[name] = value
+
+    # -- machinery -----------------------------------------------------------------------------------
     # Set by the pipeline's Ray adapters: called with (record, reason, message) just before a worker that
     # is stuck in native code past its time limit kills itself, so the retry can reject the clip at once.
     on_hard_timeout: Callable[[ClipRecord, str, str], None] | None = None
 
-    @contextmanager
     def time_limit(self, rec: ClipRecord):
-        """Per-clip time limit (manifest `resources.timeout_s`), wherever the stage runs.
-
-        On the main thread (Ray tasks) a SIGALRM raises StageTimeout in the stage's code; on another thread
-        (Ray Data actors run the UDF in a worker thread) a watchdog raises it asynchronously in that thread.
-        Either interrupts Python code and blocking reads; ffmpeg subprocesses also have their own deadlines
-        (curation.media.ffmpeg). Code stuck inside a native call never sees the exception: when the pipeline has set
-        `on_hard_timeout`, the watchdog records the verdict and kills the worker `hard_grace_s` later, and
-        the retried batch rejects the clip as `timeout:<stage>` without running it again."""
-        limit = self.ctx.timeout_s
-        if not limit:
-            _inject_fault(self.name, rec)
-            yield
-            return
-        on_main = threading.current_thread() is threading.main_thread()
-        msg = f"{self.name} took longer than {limit:g} s on {rec.key}"
-        watch = _Watch()
-        old = None
-        if on_main:
-            def _alarm(signum, frame):
-                raise StageTimeout(msg)
-
-            old = signal.signal(signal.SIGALRM, _alarm)
-            signal.setitimer(signal.ITIMER_REAL, limit)
-        hard = self.on_hard_timeout
-        if not on_main or hard is not None:
-            grace = hard_grace_s(limit)
-            threading.Thread(target=_watchdog, name=f"watchdog-{self.name}", daemon=True,
-                             args=(watch, threading.get_ident(), None if on_main else limit, limit + grace,
-                                   hard, rec, f"timeout:{self.name}",
-                                   f"{msg} (stuck in native code for {grace:g} s more: worker killed)")).start()
-        try:
-            _inject_fault(self.name, rec)
-            yield
-        finally:
-            watch.done = True  # a plain store: cannot itself be interrupted by a pending async StageTimeout
-            watch.wake.set()
-            if on_main:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old)
-            with watch.lock:  # the watchdog checks `done` under this lock: after it, nothing more is raised
-                pass
-            _checkpoint()  # an exception injected just before `done` is raised here, inside this block
+        """Per-clip time limit (manifest `resources.timeout_s`): see curation.engine.watchdog.time_limit."""
+        return time_limit(self.name, rec, self.ctx.timeout_s, self.on_hard_timeout)
 
     def _guarded(self, rec: ClipRecord) -> list[ClipRecord]:
         try:
@@ -272,6 +242,7 @@ class Stage:
             return records
         w0, c0 = time.perf_counter(), cpu_seconds()
         try:
+            self.ensure_setup()  # inside the guard: models that fail to load reject the batch, the run goes on
             out = self.process_active(active)
         except Exception as e:  # a batched stage that failed as a whole: reject the batch, go on
             msg = f"{type(e).__name__}: {e}"[:2000]

@@ -22,12 +22,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from curation import geometry as geo_
 from curation.media.frames import geometry, iter_samples
-from curation.perception.linking import Track, iou, link, main_track
+from curation.perception.linking import Track, link, main_track
 from curation.engine.record import ClipRecord
 from curation.perception.tracks import boxes_at, frame_times
-from curation.weights import resolve
-from stages.base import Params, Stage
+from stages.base import Check, Params, Stage
 
 
 class PersonParams(Params):
@@ -48,6 +48,12 @@ class PersonParams(Params):
     body_min_landmarks: int = Field(8, ge=1, description="a body needs this many visible landmarks to count")
     track_iou: float = Field(0.3, gt=0, lt=1, description="IoU linking a face to the track of the previous samples")
     track_max_gap: int = Field(2, ge=0, description="samples a track may miss and still be continued")
+    same_face_iou: float = Field(0.2, ge=0, le=1, description="a face box overlapping the main face's place by more "
+                                 "than this IoU is the main face itself (a duplicate), never a second person")
+    body_match_expand: float = Field(0.5, ge=0, description="a body whose head lies in the main face box grown by "
+                                     "this share of its size on each side is the main person's body")
+    body_per_face: float = Field(2.0, gt=0, description="without a body of its own, the main person's reference "
+                                 "size is this many face heights (head and shoulders, what a close-up shows)")
     # -- decision thresholds --
     min_face_frac: float = Field(0.5, ge=0, le=1, description="no_face below this share of frames with a face")
     other_size_ratio: float = Field(0.5, gt=0, description="a second face/body counts from this size ratio to the main one")
@@ -57,20 +63,20 @@ class PersonParams(Params):
     min_face_presence: float = Field(0.8, ge=0, le=1, description="face_unstable below this share of frames on the main track")
     max_face_jitter: float = Field(0.5, ge=0, description="face_unstable above this median centre move per sample (face heights)")
 
+    checks = (
+        Check("face_any_frac", "min_face_frac", "min", "no_face", "too few sampled frames show a face"),
+        Check("multi_frac", "max_multi_frac", "max", "multi_person", "a second face or body, big enough, too often"),
+        Check("face_px", "min_face_px", "min", "face_too_small", "the main face is too small in pixels"),
+        Check("face_height_frac", "min_face_height_frac", "min", "face_too_small",
+              "the main face is too small a share of the frame"),
+        Check("face_presence", "min_face_presence", "min", "face_unstable", "the main face track has too many gaps"),
+        Check("face_jitter", "max_face_jitter", "max", "face_unstable", "the main face moves too much between samples"),
+    )
+
 
 def face_track_at(rec: ClipRecord, fps: float = 25.0) -> np.ndarray:
     """The main face box at every frame of the clip resampled to `fps` ((N, 4), display pixels)."""
     return boxes_at(rec.data["face_track"], frame_times(rec.start_s, rec.end_s, fps))
-
-
-def _expand(box, k: float):
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    return x0 - k * w, y0 - k * h, x1 + k * w, y1 + k * h
-
-
-def _inside(pt, box) -> bool:
-    return box[0] <= pt[0] <= box[2] and box[1] <= pt[1] <= box[3]
 
 
 def decide(times: list[float], faces: list[np.ndarray], bodies: list[list | None], width: int, height: int,
@@ -104,29 +110,26 @@ def decide(times: list[float], faces: list[np.ndarray], bodies: list[list | None
         for f in faces[i]:
             # Another person's face lies elsewhere: a box on the main face's (interpolated) place is the main
             # face itself (a duplicate or a track that broke for a sample), never a second person.
-            if _inside(((f[0] + f[2]) / 2, (f[1] + f[3]) / 2), main_boxes[i]) or iou(f[:4], main_boxes[i]) > 0.2:
+            if geo_.contains(main_boxes[i], geo_.center(f)) or geo_.iou(f[:4], main_boxes[i]) > p.same_face_iou:
                 continue
             if (f[3] - f[1]) >= p.other_size_ratio * ref_face:
                 other_face[i] = True
         # Bodies: the one whose head lies on the main face is the main person; any other big one is not.
-        match_box = _expand(main_boxes[i], 0.5)
+        match_box = geo_.expand(main_boxes[i], p.body_match_expand)
         bl = bodies[i] or []
-        mine = [b for b in bl if _inside(b.head, match_box)]
+        mine = [b for b in bl if geo_.contains(match_box, b.head)]
         others = [b for b in bl if not any(b is m for m in mine) and b.n_visible >= p.body_min_landmarks]
         for b in mine:
             union.append(list(b.box))
-        # Reference size of the main person: its body if seen, else two face heights (head and shoulders,
-        # what a close-up shows of a body).
-        ref_body = max((b.box[3] - b.box[1] for b in mine), default=2.0 * ref_face)
+        # Reference size of the main person: its body if seen, else `body_per_face` face heights.
+        ref_body = max((b.box[3] - b.box[1] for b in mine), default=p.body_per_face * ref_face)
         if any((b.box[3] - b.box[1]) >= p.other_size_ratio * ref_body for b in others):
             other_body[i] = True
 
     centres = np.array([[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in main.boxes])
     steps = np.diff(np.asarray(main.frames))
     jit = np.linalg.norm(np.diff(centres, axis=0), axis=1) / np.maximum(steps, 1) / max(med_h, 1.0)
-    u = np.asarray(union, np.float64)
-    person_box = [float(max(0.0, u[:, 0].min())), float(max(0.0, u[:, 1].min())),
-                  float(min(width, u[:, 2].max())), float(min(height, u[:, 3].max()))]
+    person_box = geo_.clip(geo_.union(union), width, height)
     sc.update({
         "face_presence": len(main.frames) / n,
         "other_face_frac": float(other_face.mean()),
@@ -148,7 +151,12 @@ class PersonStage(Stage):
 
     name = "person"
     Params = PersonParams
+    params: PersonParams
     uses_models = True
+    records = {"person_samples": "frames sampled", "n_faces_max": "most faces on one sampled frame",
+               "n_bodies_max": "most bodies on one sampled frame",
+               "other_face_frac": "share of samples with a second face at least other_size_ratio the main one",
+               "other_body_frac": "share of body-checked samples with a second body at least other_size_ratio"}
 
     def __init__(self, params: PersonParams, ctx):
         super().__init__(params, ctx)
@@ -162,26 +170,22 @@ class PersonStage(Stage):
             names.append("pose_landmarker")
         return names
 
-    def _load(self) -> None:
-        """Models load once per stage instance (one Ray actor), on the first clip."""
-        if self._faces is not None:
-            return
+    def setup(self) -> None:
         from curation.perception.faces import make_face_detector
 
-        p: PersonParams = self.params
-        wname = "yunet" if p.face_backend == "yunet" else p.scrfd_model
-        self._faces = make_face_detector(p.face_backend, str(resolve(wname, self.ctx.weights_dir, stage=self.name)),
-                                         p.face_score, threads=p.threads, scrfd_input=p.scrfd_input)
+        p = self.params
+        self._faces = make_face_detector(p.face_backend, self.weight(self.required_weights(p)[0]), p.face_score,
+                                         threads=p.threads, scrfd_input=p.scrfd_input)
         if p.body_check:
             from curation.perception.bodies import PoseBodies
 
-            self._bodies = PoseBodies(str(resolve("pose_landmarker", self.ctx.weights_dir, stage=self.name)),
-                                      num_poses=p.num_poses, min_detection=p.pose_score, min_presence=p.pose_score)
+            self._bodies = PoseBodies(self.weight("pose_landmarker"), num_poses=p.num_poses,
+                                      min_detection=p.pose_score, min_presence=p.pose_score)
 
     def detect(self, rec: ClipRecord) -> tuple[list[float], list[np.ndarray], list[list | None], int, int]:
         """Sampled times and detections in display pixels."""
-        self._load()
-        p: PersonParams = self.params
+        self.ensure_setup()
+        p = self.params
         geo = geometry(rec.probe, max_side=p.decode_max_side)
         sx, sy = geo.scale_x, geo.scale_y
         times, faces, bodies = [], [], []
@@ -205,7 +209,7 @@ class PersonStage(Stage):
         return times, faces, bodies, geo.width, geo.height
 
     def process_one(self, rec: ClipRecord) -> ClipRecord:
-        p: PersonParams = self.params
+        p = self.params
         times, faces, bodies, w, h = self.detect(rec)
         if not times:
             self.reject(rec, "unreadable", "no frame could be decoded for the person stage")
@@ -213,8 +217,8 @@ class PersonStage(Stage):
         res = decide(times, faces, bodies, w, h, p)
         sc, main = res["scores"], res["track"]
         for k in ("person_samples", "n_faces_max", "n_bodies_max"):
-            rec.scores[k] = sc[k]
-        self.check(rec, "face_any_frac", sc["face_any_frac"], reason="no_face", min=p.min_face_frac)
+            self.record(rec, k, sc[k])
+        self.check(rec, "face_any_frac", sc["face_any_frac"])
         if main is None:
             return rec
         box = {i: b for i, b in zip(main.frames, main.boxes)}
@@ -225,16 +229,14 @@ class PersonStage(Stage):
             "backend": p.face_backend,
         }
         rec.data["person_box"] = [round(v, 1) for v in res["person_box"]]
-        rec.scores["other_face_frac"] = sc["other_face_frac"]
-        rec.scores["other_body_frac"] = sc["other_body_frac"]
-        self.check(rec, "multi_frac", sc["multi_frac"], reason="multi_person", max=p.max_multi_frac)
-        self.check(rec, "face_px", sc["face_px"], reason="face_too_small", min=p.min_face_px)
-        self.check(rec, "face_height_frac", sc["face_height_frac"], reason="face_too_small", min=p.min_face_height_frac)
-        self.check(rec, "face_presence", sc["face_presence"], reason="face_unstable", min=p.min_face_presence)
-        self.check(rec, "face_jitter", sc["face_jitter"], reason="face_unstable", max=p.max_face_jitter)
+        self.record(rec, "other_face_frac", sc["other_face_frac"])
+        self.record(rec, "other_body_frac", sc["other_body_frac"])
+        for score in ("multi_frac", "face_px", "face_height_frac", "face_presence", "face_jitter"):
+            self.check(rec, score, sc[score])
         return rec
 
     def close(self) -> None:
         if self._bodies is not None:
             self._bodies.close()
         self._faces = self._bodies = None
+        self._set_up = False

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from curation.media.ffmpeg import MediaError, probe
 from curation.engine.record import ClipRecord
-from stages.base import Params, Stage
+from stages.base import Check, Params, Stage
 
 
 class ProbeParams(Params):
@@ -15,6 +15,12 @@ class ProbeParams(Params):
     min_side_px: int = Field(16, ge=2, description="smaller frames cannot be decoded usefully")
     max_duration_s: float = Field(24 * 3600.0, gt=0, description="declared durations above this are unreadable")
 
+    checks = (
+        Check("source_short_side_px", "min_side_px", "min", "too_small",
+              "the frame's shorter side is too small to decode usefully", hard=True),
+        Check("source_duration_s", "min_duration_s", "min", "too_short", "the source is shorter than a clip may be"),
+    )
+
 
 class ProbeStage(Stage):
     """ffprobe → duration, fps, size, rotation, codecs, audio stream.
@@ -22,23 +28,29 @@ class ProbeStage(Stage):
 
     name = "probe"
     Params = ProbeParams
+    params: ProbeParams
+    hard_reasons = {
+        "no_video": "the container has no video stream",
+        "no_audio": "no audio stream (in the source, or in its external audio file) and require_audio is set",
+        "timeout:probe": "ffprobe ran past the stage's time limit",
+    }
 
     def process_one(self, rec: ClipRecord) -> ClipRecord:
-        p: ProbeParams = self.params
+        p = self.params
         try:
             info = probe(rec.source, rec.audio_path, timeout=self.ctx.timeout_s)
         except MediaError as e:
-            rec.reject(self.name, e.reason, str(e))
+            self.reject(rec, e.reason, str(e))
             return rec
         rec.probe = info.as_dict()
         if not info.has_video:
-            rec.reject(self.name, "no_video", f"no video stream (codecs: audio={info.acodec})")
+            self.reject(rec, "no_video", f"no video stream (codecs: audio={info.acodec})")
         elif p.require_audio and not info.has_audio:
-            rec.reject(self.name, "no_audio", "no audio stream" + (f" in {rec.audio_path}" if rec.audio_path else ""))
+            self.reject(rec, "no_audio", "no audio stream" + (f" in {rec.audio_path}" if rec.audio_path else ""))
         elif info.duration_s <= 0 or info.duration_s > p.max_duration_s or info.fps <= 0:
-            rec.reject(self.name, "unreadable", f"implausible duration {info.duration_s:g} s or fps {info.fps:g}")
+            self.reject(rec, "unreadable", f"implausible duration {info.duration_s:g} s or fps {info.fps:g}")
         elif min(info.width, info.height) < p.min_side_px:
-            rec.reject(self.name, "too_small", f"{info.width}x{info.height} below {p.min_side_px} px")
+            self.check(rec, "source_short_side_px", min(info.width, info.height))
         elif info.duration_s < p.min_duration_s:
-            self.check(rec, "source_duration_s", info.duration_s, reason="too_short", min=p.min_duration_s)
+            self.check(rec, "source_duration_s", info.duration_s)
         return rec

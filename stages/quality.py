@@ -24,9 +24,10 @@ from pydantic import Field
 from curation.media.frames import geometry, iter_samples
 from curation.perception.imagequality import (exposure, frame_change, global_shift, laplacian_var, resize_short, to_gray)
 from curation.engine.record import ClipRecord
-from curation.perception.tracks import boxes_at, square_crop
+from curation.geometry import square_crop
+from curation.perception.tracks import boxes_at
 from curation.weights import resolve
-from stages.base import Params, Stage
+from stages.base import Check, Params, Stage
 
 
 class QualityParams(Params):
@@ -61,6 +62,20 @@ class QualityParams(Params):
     aesthetic_samples: int = Field(3, ge=1, description="aesthetic score = mean over this many evenly spaced samples")
     min_aesthetic: float = Field(4.0, description="low_aesthetic below this LAION aesthetic score")
 
+    checks = (
+        Check("short_side_px", "min_short_side", "min", "low_resolution", "the source's shorter display side is too small"),
+        Check("luma_mean", "min_luma", "min", "too_dark", "the median mean luma is too low"),
+        Check("luma_mean", "max_luma", "max", "too_bright", "the median mean luma is too high"),
+        Check("clipped_frac", "max_clipped", "max", "bad_exposure", "too many pixels clipped to black or white"),
+        Check("sharp_frame", "min_sharp_frame", "min", "blurry", "the frame is not sharp (variance of the Laplacian)"),
+        Check("sharp_face", "min_sharp_face", "min", "blurry", "the face crop is not sharp (variance of the Laplacian)"),
+        Check("brisque", "max_brisque", "max", "low_quality", "BRISQUE (lower is better) is too high"),
+        Check("motion_static_frac", "max_static_frac", "max", "frozen", "too many sample pairs did not change"),
+        Check("motion_change", "max_motion_change", "max", "camera_motion", "the picture changes too much between samples"),
+        Check("motion_shift", "max_motion_shift", "max", "camera_motion", "the picture shifts too much between samples"),
+        Check("aesthetic", "min_aesthetic", "min", "low_aesthetic", "the LAION aesthetic score is too low"),
+    )
+
 
 def _evenly(n: int, k: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, num=min(n, k)).round().astype(int).tolist())) if n else []
@@ -73,13 +88,14 @@ class QualityStage(Stage):
 
     name = "quality"
     Params = QualityParams
+    params: QualityParams
     uses_models = True
+    records = {"quality_samples": "frames sampled"}
 
     def __init__(self, params: QualityParams, ctx):
         super().__init__(params, ctx)
         self._brisque = None
         self._aesthetic = None
-        self._loaded = False
 
     @classmethod
     def required_weights(cls, params: QualityParams) -> list[str]:
@@ -108,11 +124,8 @@ class QualityStage(Stage):
                 raise ValueError(f"stage 'quality': aesthetic_head {params.aesthetic_head} does not match CLIP "
                                  f"{params.aesthetic_clip_arch} (needs {want})")
 
-    def _load(self) -> None:
-        """Models load once per stage instance (one Ray actor), on the first clip."""
-        if self._loaded:
-            return
-        p: QualityParams = self.params
+    def setup(self) -> None:
+        p = self.params
         import cv2
 
         if p.threads:
@@ -120,23 +133,21 @@ class QualityStage(Stage):
         if p.brisque:
             from curation.perception.imagequality import Brisque
 
-            self._brisque = Brisque(resolve("brisque_model", self.ctx.weights_dir, stage=self.name),
-                                    resolve("brisque_range", self.ctx.weights_dir, stage=self.name))
+            self._brisque = Brisque(self.weight("brisque_model"), self.weight("brisque_range"))
         if p.aesthetic_clip_path:
             from curation.perception.aesthetic import AestheticScorer
 
             self.check_startup(p, self.ctx.weights_dir)
             self._aesthetic = AestheticScorer(
                 p.aesthetic_clip_arch, Path(p.aesthetic_clip_path).expanduser(),
-                resolve(p.aesthetic_head, self.ctx.weights_dir, stage=self.name),
+                self.weight(p.aesthetic_head),
                 model_config=p.aesthetic_clip_config, threads=p.threads,
                 device="cuda" if self.ctx.use_gpu else "cpu")
-        self._loaded = True
 
     def measure(self, rec: ClipRecord) -> dict:
         """Every score of the clip (None where it cannot be measured)."""
-        self._load()
-        p: QualityParams = self.params
+        self.ensure_setup()
+        p = self.params
         geo = geometry(rec.probe, short_side=p.decode_short_side)
         track = rec.data.get("face_track")
         frames_gray, sharp_frame, sharp_face, lumas, clipped, work_rgb = [], [], [], [], [], []
@@ -181,27 +192,18 @@ class QualityStage(Stage):
         return sc
 
     def process_one(self, rec: ClipRecord) -> ClipRecord:
-        p: QualityParams = self.params
         sc = self.measure(rec)
-        rec.scores["quality_samples"] = sc["quality_samples"]
+        self.record(rec, "quality_samples", sc["quality_samples"])
         if not sc["quality_samples"]:
             self.reject(rec, "unreadable", "no frame could be decoded for the quality stage")
             return rec
-        self.check(rec, "short_side_px", sc["short_side_px"], reason="low_resolution", min=p.min_short_side)
-        self.check(rec, "luma_mean", sc["luma_mean"], reason="too_dark", min=p.min_luma)
-        self.check(rec, "luma_mean", sc["luma_mean"], reason="too_bright", max=p.max_luma)
-        self.check(rec, "clipped_frac", sc["clipped_frac"], reason="bad_exposure", max=p.max_clipped)
-        self.check(rec, "sharp_frame", sc["sharp_frame"], reason="blurry", min=p.min_sharp_frame)
+        for score in ("short_side_px", "luma_mean", "clipped_frac", "sharp_frame"):
+            self.check(rec, score, sc[score])
         if sc["sharp_face"] is not None:  # no face track (person stage off): frame sharpness only
-            self.check(rec, "sharp_face", sc["sharp_face"], reason="blurry", min=p.min_sharp_face)
+            self.check(rec, "sharp_face", sc["sharp_face"])
         else:
-            rec.scores["sharp_face"] = None
-        if "brisque" in sc:
-            self.check(rec, "brisque", sc["brisque"], reason="low_quality", max=p.max_brisque)
-        if "motion_static_frac" in sc:
-            self.check(rec, "motion_static_frac", sc["motion_static_frac"], reason="frozen", max=p.max_static_frac)
-            self.check(rec, "motion_change", sc["motion_change"], reason="camera_motion", max=p.max_motion_change)
-            self.check(rec, "motion_shift", sc["motion_shift"], reason="camera_motion", max=p.max_motion_shift)
-        if "aesthetic" in sc:
-            self.check(rec, "aesthetic", sc["aesthetic"], reason="low_aesthetic", min=p.min_aesthetic)
+            rec.scores["sharp_face"] = None  # not measured: null, no decision on it
+        for score in ("brisque", "motion_static_frac", "motion_change", "motion_shift", "aesthetic"):
+            if score in sc:  # not computed with these params (BRISQUE or aesthetic off, a single sample)
+                self.check(rec, score, sc[score])
         return rec

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from curation.media.ffmpeg import iter_frames
 from curation.engine.record import ClipRecord
-from stages.base import Params, Stage
+from stages.base import Check, Params, Stage
 
 
 class ScenesParams(Params):
@@ -26,6 +26,8 @@ class ScenesParams(Params):
     decode_threads: int = Field(1, ge=0, description="ffmpeg decoder threads (0 = auto)")
     fast_decode: bool = Field(True, description="skip the decoder's deblocking filter and scale bilinearly: "
                               "cheaper frames, good enough to compare shots (same cuts on the shared footage)")
+
+    checks = (Check("shot_duration_s", "min_s", "min", "too_short", "the shot is shorter than a clip may be"),)
 
 
 def make_detector(p: ScenesParams):
@@ -75,22 +77,24 @@ def shots_from_cuts(cuts: list[int], n_frames: int, fps: float, trim: int, max_s
 class ScenesStage(Stage):
     name = "scenes"
     Params = ScenesParams
+    params: ScenesParams
+    hard_reasons = {"no_shot": "no shot is left once `trim_frames` are dropped at every cut (cuts too close together)"}
 
     def process_one(self, rec: ClipRecord) -> list[ClipRecord]:
-        p: ScenesParams = self.params
+        p = self.params
         fps = float(rec.probe["fps"])
         cuts, n = detect_cuts(rec.source, fps, (rec.probe["width"], rec.probe["height"]), p, self.ctx.timeout_s)
         if n == 0:
-            rec.reject(self.name, "unreadable", "no frame could be decoded")
+            self.reject(rec, "unreadable", "no frame could be decoded")
             return [rec]
         spans = shots_from_cuts(cuts, n, fps, p.trim_frames, p.max_s)
         if not spans:
-            rec.reject(self.name, "too_short", "no shot left after trimming cuts")
+            self.reject(rec, "no_shot", "no shot left after trimming cuts")
             return [rec]
         out = []
         for i, (s, e) in enumerate(spans):
             c = rec.child(i, len(spans), s, e)
             c.data["cuts_s"] = [x / fps for x in cuts]
-            self.check(c, "shot_duration_s", e - s, reason="too_short", min=p.min_s)
+            self.check(c, "shot_duration_s", e - s)
             out.append(c)
         return out

@@ -30,12 +30,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from curation import geometry
 from curation.formats import pose_npz
 from curation.media.ffmpeg import iter_frames
 from curation.engine.record import ClipRecord
 from curation.perception.tracks import boxes_at, frame_times
-from curation.weights import resolve
-from stages.base import Params, Stage
+from stages.base import Check, Params, Stage
 
 
 class SkeletonParams(Params):
@@ -62,6 +62,16 @@ class SkeletonParams(Params):
     min_hand_score: float | None = Field(None, ge=0, description="mean hand keypoint score")
     min_both_hands_frac: float | None = Field(None, ge=0, le=1, description="share of frames with both hands")
     max_out_of_frame_frac: float | None = Field(None, ge=0, le=1, description="share of frames with the person out of the frame")
+    bbox_grow: float = Field(0.1, ge=0, description="mediapipe person_bbox_xyxy: the keypoints' box grown by this share of its size on each side")
+
+    checks = (
+        Check("pose_body_score", "min_body_score", "min", "low_pose_conf", "mean body keypoint score too low"),
+        Check("pose_face_score", "min_face_score", "min", "low_pose_conf", "mean face keypoint score too low"),
+        Check("pose_hand_score", "min_hand_score", "min", "low_pose_conf", "mean hand keypoint score too low"),
+        Check("pose_both_hands_frac", "min_both_hands_frac", "min", "low_pose_conf", "both hands seen on too few frames"),
+        Check("pose_out_of_frame_frac", "max_out_of_frame_frac", "max", "low_pose_conf",
+              "the person is out of the frame on too many frames"),
+    )
 
 
 def person_crop(rec: ClipRecord, margin: float) -> tuple[int, int, int, int]:
@@ -71,19 +81,16 @@ def person_crop(rec: ClipRecord, margin: float) -> tuple[int, int, int, int]:
     box = rec.data.get("person_box")
     if not box:
         return 0, 0, W, H
-    x0, y0, x1, y1 = [float(v) for v in box]
-    mw, mh = (x1 - x0) * margin, (y1 - y0) * margin
-    x0, y0 = max(0, int(np.floor(x0 - mw))), max(0, int(np.floor(y0 - mh)))
-    x1, y1 = min(W, int(np.ceil(x1 + mw))), min(H, int(np.ceil(y1 + mh)))
-    w, h = max(2, (x1 - x0) // 2 * 2), max(2, (y1 - y0) // 2 * 2)
-    x0, y0 = min(x0, W - w), min(y0, H - h)
-    return x0, y0, w, h
+    return geometry.even_crop(box, margin, W, H)
 
 
 class SkeletonStage(Stage):
     name = "skeleton"
     Params = SkeletonParams
+    params: SkeletonParams
     uses_models = True
+    records = {"pose_frames": "frames with keypoints (the clip's frames at the video rate)"}
+    labels = {"pose_backend": "the keypoint backend (mediapipe or dwpose)"}
 
     def __init__(self, params: SkeletonParams, ctx):
         super().__init__(params, ctx)
@@ -95,11 +102,9 @@ class SkeletonStage(Stage):
             return ["dwpose_yolox_l", "dwpose_ll_ucoco_384"]
         return ["pose_landmarker", "hand_landmarker", "face_landmarker"]
 
-    def _load(self):
-        if self._model is not None:
-            return self._model
-        p: SkeletonParams = self.params
-        paths = [str(resolve(n, self.ctx.weights_dir, stage=self.name)) for n in self.required_weights(p)]
+    def setup(self) -> None:
+        p = self.params
+        paths = [self.weight(n) for n in self.required_weights(p)]
         if p.backend == "dwpose":
             from curation.perception.dwpose import DWPoseWholebody
 
@@ -112,6 +117,10 @@ class SkeletonStage(Stage):
                 *paths, min_detection=p.min_detection, min_presence=p.min_presence, min_tracking=p.min_tracking,
                 hand_gate=p.hand_gate, hand_search_every=p.hand_search_every, face_crop_size=p.face_crop_size,
                 frame_ms=int(round(1000 / self.ctx.fps)))
+
+    def _load(self):
+        """The keypoint model (set up on first use)."""
+        self.ensure_setup()
         return self._model
 
     def estimate(self, rec: ClipRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -167,28 +176,21 @@ class SkeletonStage(Stage):
         return kpts, boxes
 
     def _box(self, kp: np.ndarray, face, W: int, H: int):
-        b = pose_npz.keypoint_box(kp, W, H, self.params.kpt_thr, expand=0.1)
+        b = pose_npz.keypoint_box(kp, W, H, self.params.kpt_thr, expand=self.params.bbox_grow)
         if np.all(np.isfinite(face)):
-            f = [max(0.0, face[0]), max(0.0, face[1]), min(W, face[2]), min(H, face[3])]
-            b = f if b is None else [min(b[0], f[0]), min(b[1], f[1]), max(b[2], f[2]), max(b[3], f[3])]
+            f = geometry.clip(face, W, H)
+            b = f if b is None else geometry.union([b, f])
         return b
 
     def process_one(self, rec: ClipRecord) -> ClipRecord:
-        p: SkeletonParams = self.params
+        p = self.params
         kpts, boxes = self.estimate(rec)
         rec.blobs["pose.npz"] = pose_npz.encode(kpts, boxes)
         summary = pose_npz.summarize(kpts, int(rec.probe["width"]), int(rec.probe["height"]), p.kpt_thr)
-        rec.scores["pose_frames"] = float(len(kpts))
-        rec.scores["pose_backend"] = p.backend
-        checks = {"pose_body_score": ("min", p.min_body_score), "pose_face_score": ("min", p.min_face_score),
-                  "pose_hand_score": ("min", p.min_hand_score), "pose_both_hands_frac": ("min", p.min_both_hands_frac),
-                  "pose_out_of_frame_frac": ("max", p.max_out_of_frame_frac)}
-        for name, value in summary.items():
-            kind, bound = checks[name]
-            if bound is None:
-                rec.scores[name] = value
-            else:
-                self.check(rec, name, value, reason="low_pose_conf", **{kind: bound})
+        self.record(rec, "pose_frames", len(kpts))
+        self.label(rec, "pose_backend", p.backend)
+        for name, value in summary.items():  # a bound of None records the score only
+            self.check(rec, name, value)
         if p.preview:
             from curation.media.pose_preview import render
 
@@ -201,3 +203,4 @@ class SkeletonStage(Stage):
         if self._model is not None:
             self._model.close()
         self._model = None
+        self._set_up = False

@@ -2,12 +2,13 @@
 face track of the person stage (no second face detection), rejects clips without speech or out of sync,
 and hands the measured offset of kept clips to the writer, which shifts their audio by it.
 
-Convention: offsets in video frames at 25 fps; positive = the audio lags the video (the writer takes the
-audio `offset` frames later to put it in sync).
+Convention: offsets in frames of the analysis rate (syncnet: SyncNet's 25 fps; landmarks: the manifest's
+video fps); positive = the audio lags the video (the writer takes the audio that much later to put it in
+sync; the shift it gets is in frames of the video rate).
 
 Backends:
 - `landmarks` (weights-free; the default manifest): MediaPipe FaceLandmarker on per-frame face crops at
-  25 fps -> inner-lip opening / inter-ocular distance; the audio's 1.5-3.5 kHz log energy per video frame;
+  the video rate -> inner-lip opening / inter-ocular distance; the audio's 1.5-3.5 kHz log energy per video frame;
   normalised cross-correlation over +-vshift frames. offset = best lag - `landmarks_lag_correction` (the
   constant lag of these two signals on in-sync footage); confidence = the peak correlation minus the
   median correlation of the lags more than 2 frames from it.
@@ -31,9 +32,9 @@ from curation.media.ffmpeg import iter_frames, read_audio
 from curation.engine.record import ClipRecord
 from curation.perception.tracks import boxes_at, frame_times
 from curation.weights import REGISTRY, resolve
-from stages.base import Params, Stage
+from stages.base import Check, Params, Stage
 
-FPS = 25.0  # SyncNet's rate and the pipeline's: offsets are counted in frames of 25 fps
+SYNCNET_FPS = 25.0  # SyncNet's input rate (the network is trained on 25 fps video): a property of the model
 AUDIO_RATE = 16000
 
 
@@ -60,11 +61,32 @@ class SyncParams(Params):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="syncnet device; auto = cuda when the run uses GPUs and one is visible")
     threads: int = Field(1, ge=0, description="torch / onnxruntime threads per actor (0 = library default)")
 
+    checks = (
+        Check("speech_ratio", "min_speech_ratio", "min", "no_speech", "too little speech (Silero VAD)"),
+        Check("sync_face_frac", "landmarks_min_face_frac", "min", "low_sync_conf",
+              "the face landmarker found the face on too few frames", when=(("backend", "landmarks"),)),
+        Check("sync_conf", "landmarks_min_conf", "min", "low_sync_conf", "lips and speech do not correlate enough",
+              when=(("backend", "landmarks"),)),
+        Check("sync_conf", "syncnet_min_conf", "min", "low_sync_conf", "SyncNet's confidence is too low",
+              when=(("backend", "syncnet"),)),
+        Check("sync_offset", "max_abs_offset", "max_abs", "av_offset", "audio and video are too far apart (frames)"),
+    )
+
 
 class SyncStage(Stage):
     name = "sync"
     Params = SyncParams
+    params: SyncParams
     uses_models = True
+    records = {"sync_shift_frames": "the audio shift applied by the writer (frames at the video rate)",
+               "sync_min_dist": "syncnet: minimum mean embedding distance",
+               "sync_offset_syncnet": "syncnet: the offset in syncnet-python's own sign (= -sync_offset)"}
+    labels = {"sync_backend": "the sync backend (landmarks or syncnet)"}
+
+    def analysis_fps(self) -> float:
+        """The frame rate the offset is measured at (sync_offset counts these frames): SyncNet's own 25 fps,
+        or the run's video rate for the landmarks backend."""
+        return SYNCNET_FPS if self.params.backend == "syncnet" else float(self.ctx.fps)
 
     def __init__(self, params: SyncParams, ctx):
         super().__init__(params, ctx)
@@ -113,11 +135,11 @@ class SyncStage(Stage):
     # -- per clip ----------------------------------------------------------------------------------------
     def process_one(self, rec: ClipRecord) -> ClipRecord:
         p: SyncParams = self.params
-        rec.scores["sync_backend"] = p.backend
+        self.label(rec, "sync_backend", p.backend)
         audio = read_audio(rec.audio_path or rec.source, rec.start_s, rec.end_s, rate=AUDIO_RATE,
                            timeout=self.ctx.timeout_s)
         ratio = self._get_vad().speech_ratio(audio, p.vad_threshold) if len(audio) else 0.0
-        self.check(rec, "speech_ratio", ratio, reason="no_speech", min=p.min_speech_ratio)
+        self.check(rec, "speech_ratio", ratio)
         if not rec.alive:
             for k in ("sync_conf", "sync_offset", "sync_shift_frames"):
                 rec.scores[k] = None
@@ -125,19 +147,21 @@ class SyncStage(Stage):
         track = rec.data.get("face_track")
         if not track or not any(b is not None for b in track.get("boxes", [])):
             raise ValueError("no face track: the sync stage needs the person stage's rec.data['face_track']")
-        times = frame_times(rec.start_s, rec.end_s, FPS)
+        times = frame_times(rec.start_s, rec.end_s, self.analysis_fps())
         boxes = boxes_at(track, times)
         w, h = int(rec.probe["width"]), int(rec.probe["height"])
 
         if p.backend == "syncnet":
-            offset, conf, min_conf = self._syncnet_offset(rec, audio, boxes, w, h)
+            offset, conf, _ = self._syncnet_offset(rec, audio, boxes, w, h)
         else:
-            offset, conf, min_conf = self._landmarks_offset(rec, audio, boxes, w, h)
+            offset, conf, _ = self._landmarks_offset(rec, audio, boxes, w, h)
 
-        ok_conf = self.check(rec, "sync_conf", conf, reason="low_sync_conf", min=min_conf)
-        ok_off = self.check(rec, "sync_offset", offset, reason="av_offset", min=-p.max_abs_offset, max=p.max_abs_offset)
+        ok_conf = self.check(rec, "sync_conf", conf)
+        ok_off = self.check(rec, "sync_offset", offset)
         shift = int(offset) if (ok_conf and ok_off and p.shift_audio) else 0
-        rec.scores["sync_shift_frames"] = float(shift)
+        if self.analysis_fps() != self.ctx.fps:  # the writer counts the shift in frames of the video rate
+            shift = round(shift * self.ctx.fps / self.analysis_fps(), 3)
+        self.record(rec, "sync_shift_frames", shift)
         if shift:
             rec.data["audio_shift_frames"] = shift
         else:
@@ -152,7 +176,7 @@ class SyncStage(Stage):
         region = sn.union_region(rects, w, h)
         if region is None:
             raise ValueError("the face track's crops lie outside the frame")
-        frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=FPS, crop=region, pix_fmt="bgr24",
+        frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=SYNCNET_FPS, crop=region, pix_fmt="bgr24",
                              timeout=self.ctx.timeout_s)
         res = self._get_syncnet().evaluate(sn.iter_crops(frames, region[:2], rects), sn.to_int16(audio), p.vshift)
         rec.scores["sync_min_dist"] = res.min_dist
@@ -164,16 +188,17 @@ class SyncStage(Stage):
 
         p: SyncParams = self.params
         rects, region, out_size = face_crop_plan(boxes, w, h, p.landmarks_face_scale, p.landmarks_crop_px)
-        frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=FPS, crop=region, size=out_size,
+        fps = self.analysis_fps()
+        frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=fps, crop=region, size=out_size,
                              pix_fmt="rgb24", timeout=self.ctx.timeout_s)
-        sig = self._get_mouth().signals(face_crops(frames, region, rects, p.landmarks_crop_px), fps=FPS)
+        sig = self._get_mouth().signals(face_crops(frames, region, rects, p.landmarks_crop_px), fps=fps)
         n = len(sig["lips"])
         face_frac = float(sig["found"].mean()) if n else 0.0
-        self.check(rec, "sync_face_frac", face_frac, reason="low_sync_conf", min=p.landmarks_min_face_frac)
-        n = min(n, int(len(audio) * FPS / AUDIO_RATE))  # frames that have audio (a short audio track ends early)
+        self.check(rec, "sync_face_frac", face_frac)
+        n = min(n, int(len(audio) * fps / AUDIO_RATE))  # frames that have audio (a short audio track ends early)
         if n < 2 * p.vshift or not np.isfinite(sig["lips"][:n]).any():
             return 0, 0.0, p.landmarks_min_conf
-        env = speech_envelope(audio, n, AUDIO_RATE, FPS, tuple(p.landmarks_band_hz))
+        env = speech_envelope(audio, n, AUDIO_RATE, fps, tuple(p.landmarks_band_hz))
         ncc = lagged_ncc(fill_gaps(sig["lips"][:n]), env, p.vshift, p.landmarks_detrend_frames)
         lag, conf, _peak = offset_and_confidence(ncc)
         return lag - p.landmarks_lag_correction, conf, p.landmarks_min_conf

@@ -15,6 +15,7 @@ class WriteParams(Params):
 class WriteStage(Stage):
     name = "write"
     Params = WriteParams
+    params: WriteParams
 
     def should_process(self, rec: ClipRecord) -> bool:
         # A score-only run writes no shards: it scores every clip and keeps the audit.

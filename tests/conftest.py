@@ -141,3 +141,36 @@ def pipeline_output(tmp_path_factory, pipeline_input) -> Path:
     p = run_cli("run", "--input", str(pipeline_input[0]), "--output", str(out), "--num-cpus", "2")
     (out / "run.log").write_text(p.stdout + "\n" + p.stderr)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Test tiers. `make test-fast` (pytest -m "not slow"): stage logic, formats, config, the report and the
+# fault machinery on small inputs, no Ray, no pipeline run, no model over a whole clip: under 2 minutes on
+# 2 cores. Every test not listed here is marked `slow` (a new test is slow until it is listed); `make test`
+# runs everything, as CI does.
+
+FAST = {
+    "test_decl.py": {"test_every_stage_declares_checks_on_its_own_params", "test_thresholds_table_is_the_manifest",
+                     "test_check_rejects_with_the_declared_reason_and_notes_it_in_score_only",
+                     "test_hard_check_applies_in_score_only_and_max_abs_and_null",
+                     "test_probe_too_small_is_a_hard_rejection_in_score_only",
+                     "test_talkverse_is_default_plus_its_sync_section",
+                     "test_extends_merges_by_stage_and_names_the_file_on_errors", "test_geometry",
+                     "test_report_takes_thresholds_and_stages_from_thresholds_json"},
+    "test_person.py": {"test_link_follows_a_moving_face_and_splits_two_people", "test_decide_counts_a_body_without_a_face",
+                       "test_missing_weights_fail_at_startup"},
+    "test_quality.py": {"test_startup_checks"},
+    "test_skeleton.py": {"test_body_feet_hand_tables_match_mediapipe_names", "test_face_table_regions_are_mediapipe_regions",
+                         "test_pose_npz_encoding_and_talkverse_face_boxes", "test_summary_columns",
+                         "test_dwpose_without_weights_fails_at_start_up"},
+    "test_stages_backbone.py": {"test_shots_from_cuts_trims_and_splits", "test_probe_reasons_for_generated_files"},
+    "test_cluster.py": {"test_cluster_launcher_config_is_valid", "test_gpu_requests_fitted_to_the_cluster"},
+    "test_export.py": {"test_export_refuses_what_has_no_clips"},
+    "test_faults.py": {"test_stage_time_limit_on_main_and_worker_threads"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.originalname not in FAST.get(item.path.name, ()):
+            item.add_marker(pytest.mark.slow)

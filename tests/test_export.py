@@ -55,9 +55,9 @@ def check_pose(npz: Path, frames: int) -> np.ndarray:
 def test_export_pipeline_output(pipeline_output, tmp_path):
     dest = tmp_path / "talkverse"
     p = run_cli("export-talkverse", str(pipeline_output), str(dest))
-    assert "exported" in p.stdout
     index = pd.read_parquet(pipeline_output / "index.parquet")
     assert len(index) > 0
+    assert f"exported {len(index)} clips to {dest}" in p.stdout
     meta = pd.read_csv(dest / "meta.csv")
     assert list(meta.columns[:3]) == ["video_path", "fps", "scenes"]
     assert sorted(meta["key"]) == sorted(index["key"])

@@ -11,7 +11,7 @@ from curation.engine.config import load_manifest
 from curation.media.frames import geometry, iter_samples
 from curation.perception.linking import link, main_track
 from curation.media.ffmpeg import iter_frames
-from curation.engine.record import KEPT, REJECTED
+from curation.engine.record import CANDIDATE, REJECTED
 from curation.perception.tracks import boxes_at
 from curation.weights import WeightsMissing
 from stages.person import PersonParams, PersonStage, decide, face_track_at
@@ -204,7 +204,10 @@ def test_score_only_keeps_scoring(footage, stage_ctx):
     (rec,) = stage.process([clip_record(footage / "B1_visualvoice_interview_two_people_18s.mp4", 0.0, 6.0)])
     assert rec.status != REJECTED and "person:multi_person" in rec.would_reject
     assert rec.data["face_track"]["boxes"][0] is not None
-    assert rec.status != KEPT
+    # not rejected and not kept either (only the committer keeps a clip): still a candidate, with the score
+    # behind the noted reason above its bound
+    assert rec.status == CANDIDATE and rec.reason is None
+    assert rec.scores["multi_frac"] > stage.params.max_multi_frac
 
 
 @pytest.mark.parametrize("backend", ["yunet", "scrfd"])

@@ -24,7 +24,7 @@ def test_scenes_stage_on_c1_and_adaptive_detector(footage, stage_ctx):
     src = source_record(footage / "C1_documentary_6shots_anamorphic_25s.mp4")
     assert src.probe["sar"] != 1.0 and src.probe["width"] == 1024  # anamorphic: square-pixel width
     for det in ("content", "adaptive"):
-        out = ScenesStage(ScenesParams(detector=det), stage_ctx()).process([src.child(0, 1, 0, 0) and src])
+        out = ScenesStage(ScenesParams(detector=det), stage_ctx()).process([src])
         starts = [round(r.start_s - 3 / 25, 2) for r in out[1:]]
         assert starts == pytest.approx([2.8, 6.8, 12.04, 16.84, 19.36], abs=2 / 25), det
         assert [r.n_siblings for r in out] == [6] * 6

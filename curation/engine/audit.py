@@ -29,7 +29,7 @@ def funnel(clips: pd.DataFrame, sources: pd.DataFrame, stage_names: list[str], r
     stages = []
     if clips.empty:
         return {"stages": [], "totals": {}, "runs": runs}
-    is_clip = clips["clip_index"] >= 0
+    is_clip = clips["clip_index"].notna()  # null: a source-level row
     dur = clips["duration_s"].fillna(0.0).astype(float)
     order = {s: i for i, s in enumerate(stage_names)}
     rej_at = clips["stage"].map(order).where(clips["status"] == "rejected")  # NaN: not rejected

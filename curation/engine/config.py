@@ -1,7 +1,13 @@
 """Manifests: the ordered list of stages with their thresholds and resources, validated before any work.
 
 A manifest is YAML (loaded with yaml.safe_load). Every stage section is checked against the stage's own
-pydantic `Params` model, so a wrong key or type is a clear error naming the file and the key."""
+pydantic `Params` model, so a wrong key or type is a clear error naming the file and the key.
+
+Inheritance: `extends: NAME` (a manifest name or a path relative to the file) takes that manifest and
+changes only what this one names: top-level mappings are merged key by key, and each entry of `stages`
+is merged into the parent's stage of the same name (its `params` and `resources` key by key); the stage
+order is the parent's. The result is validated like any manifest, and is what an output directory's
+manifest.yaml records."""
 
 from __future__ import annotations
 
@@ -67,13 +73,20 @@ class Manifest(Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     stages: list[StageSpec]
 
-    # Filled after validation: stage name -> validated params object; the file it came from.
+    # Filled after validation: stage name -> validated params object; the file it came from; the YAML text
+    # of the whole manifest (the file's own text, or the resolved one for a manifest that extends another).
     _params: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     _source_path: str = PrivateAttr(default="")
+    _text: str = PrivateAttr(default="")
 
     @property
     def source_path(self) -> str:
         return self._source_path
+
+    @property
+    def text(self) -> str:
+        """The manifest as one self-contained YAML document (what an output directory keeps)."""
+        return self._text
 
     def stage(self, name: str) -> StageSpec | None:
         for s in self.stages:
@@ -106,10 +119,12 @@ def _fmt_errors(path: str, prefix: str, err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def resolve_manifest_path(name_or_path: str | None) -> Path:
+def resolve_manifest_path(name_or_path: str | None, relative_to: Path | None = None) -> Path:
     if not name_or_path:
         return MANIFEST_DIR / "default.yaml"
     p = Path(name_or_path)
+    if relative_to is not None and not p.is_absolute() and (relative_to / p).is_file():
+        return relative_to / p
     if p.exists():
         return p
     named = MANIFEST_DIR / f"{name_or_path}.yaml"
@@ -123,14 +138,7 @@ def load_manifest(name_or_path: str | None = None) -> Manifest:
     from stages import stage_class  # local: stages import config
 
     path = resolve_manifest_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ManifestError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read: {e}") from None
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: expected a mapping at the top level")
+    raw, text = _read_resolved(path, [])
     try:
         m = Manifest.model_validate(raw)
     except ValidationError as e:
@@ -145,6 +153,7 @@ def load_manifest(name_or_path: str | None = None) -> Manifest:
             cls = stage_class(spec.name)
         except KeyError as e:
             raise ManifestError(f"{path}: stages[{i}].name: {e.args[0]}") from None
+        cls.Params.validate_checks()
         try:
             params[spec.name] = cls.Params.model_validate(spec.params)
         except ValidationError as e:
@@ -157,4 +166,66 @@ def load_manifest(name_or_path: str | None = None) -> Manifest:
         raise ManifestError(f"{path}: stages: must start with probe, scenes and end with write (got {order})")
     m._params = params
     m._source_path = str(path)
+    m._text = text
     return m
+
+
+def _read_yaml(path: Path) -> tuple[dict, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ManifestError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a mapping at the top level")
+    return raw, text
+
+
+def _read_resolved(path: Path, chain: list[Path]) -> tuple[dict, str]:
+    """The manifest at `path` with its `extends` chain applied, and its YAML text (the file's own text when
+    it extends nothing)."""
+    raw, text = _read_yaml(path)
+    if "extends" not in raw:
+        return raw, text
+    parent_name = raw.pop("extends")
+    if not isinstance(parent_name, str) or not parent_name:
+        raise ManifestError(f"{path}: extends: expected a manifest name or path")
+    try:
+        parent_path = resolve_manifest_path(parent_name, relative_to=path.parent)
+    except ManifestError as e:
+        raise ManifestError(f"{path}: extends: {e}") from None
+    if parent_path.resolve() in [p.resolve() for p in (*chain, path)]:
+        raise ManifestError(f"{path}: extends: {parent_name} extends this manifest again (a cycle)")
+    parent, _ = _read_resolved(parent_path, [*chain, path])
+    merged = _merge(parent, raw, path, parent_path)
+    header = f"# {path.name} resolved: extends {parent_path.name}\n"
+    return merged, header + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True, width=120)
+
+
+def _merge_dicts(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _merge(parent: dict, child: dict, path: Path, parent_path: Path) -> dict:
+    out = _merge_dicts({k: v for k, v in parent.items() if k != "stages"},
+                       {k: v for k, v in child.items() if k != "stages"})
+    stages = [dict(s) if isinstance(s, dict) else s for s in parent.get("stages") or []]
+    if "stages" in child:
+        if not isinstance(child["stages"], list):
+            raise ManifestError(f"{path}: stages: expected a list")
+        names = [s.get("name") if isinstance(s, dict) else None for s in stages]
+        for i, s in enumerate(child["stages"]):
+            if not isinstance(s, dict) or "name" not in s:
+                raise ManifestError(f"{path}: stages[{i}].name: every stage entry names its stage")
+            if s["name"] not in names:
+                raise ManifestError(f"{path}: stages[{i}].name: stage '{s['name']}' is not in {parent_path.name} "
+                                    f"(a manifest that extends another changes its stages, in its order)")
+            j = names.index(s["name"])
+            stages[j] = _merge_dicts(stages[j], s)
+    out["stages"] = stages
+    return out

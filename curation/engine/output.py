@@ -151,7 +151,7 @@ def sample_json(rec: ClipRecord, manifest_name: str, fps: float, audio_rate: int
         "n_frames": rec.data.get("n_frames"), "fps": fps, "audio_rate": audio_rate,
         "width": rec.probe.get("width"), "height": rec.probe.get("height"),
         "audio_shift_frames": rec.data.get("audio_shift_frames", 0),
-        "scores": rec.scores, "manifest": manifest_name,
+        "scores": {**rec.scores, **rec.labels}, "manifest": manifest_name,
     }
 
 
@@ -164,7 +164,7 @@ def clip_row(rec: ClipRecord, shard: str | None, fps: float) -> dict:
         "width": rec.probe.get("width"), "height": rec.probe.get("height"), "fps": fps,
         "source_fps": rec.probe.get("fps"), "n_frames": rec.data.get("n_frames"), "audio_shift_frames": rec.data.get("audio_shift_frames"),
     }
-    for k, v in rec.scores.items():
+    for k, v in (*rec.scores.items(), *rec.labels.items()):
         row[k] = v
     for stage, (wall, cpu) in rec.timings.items():
         row[f"wall_s__{stage}"] = wall
@@ -178,7 +178,7 @@ PROBE_FIELDS = ("duration_s", "fps", "width", "height", "rotation", "vcodec", "a
 
 def source_row(recs: list[ClipRecord], shards: list[str]) -> dict:
     first = recs[0]
-    src_level = [r for r in recs if r.clip_index < 0]
+    src_level = [r for r in recs if r.is_source]
     rejected = src_level[0] if src_level and src_level[0].status == REJECTED else None
     kept = [r for r in recs if r.status == KEPT]
     row = {
@@ -218,8 +218,8 @@ class Committer:
     def add(self, rec: ClipRecord) -> None:
         recs = self._open.setdefault(rec.source, [])
         recs.append(rec)
-        if len(recs) >= recs[0].n_siblings or rec.clip_index < 0:
-            self._ready.append(sorted(self._open.pop(rec.source), key=lambda r: r.clip_index))
+        if len(recs) >= recs[0].n_siblings or rec.is_source:
+            self._ready.append(sorted(self._open.pop(rec.source), key=lambda r: (r.clip_index is not None, r.clip_index or 0)))
             if self._should_commit():
                 self.commit()
 
@@ -278,13 +278,14 @@ class Committer:
         kept = []
         for g in groups:
             for r in g:
-                if r.status != REJECTED and r.clip_index >= 0:
+                if r.status != REJECTED and not r.is_source:
                     r.status = KEPT
                     if self.write_shards:
                         kept.append(r)
         packed = self._pack(kept) if kept else {}
         shard_of = {k: name for name, (_, keys) in packed.items() for k in keys}
         clips = pd.DataFrame([clip_row(r, shard_of.get(r.key), self.fps) for g in groups for r in g])
+        clips["clip_index"] = clips["clip_index"].astype("Int64")  # null: a source-level row
         sources = pd.DataFrame([source_row(g, [shard_of[r.key] for r in g if r.key in shard_of]) for g in groups])
         self.out.commit(self.part, {n: b for n, (b, _) in packed.items()}, clips, sources)
         self.part += 1

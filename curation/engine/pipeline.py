@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curation.engine import thresholds
 from curation.engine.audit import consolidate
 from curation.engine.config import Manifest, Resources, load_manifest
 from curation.engine.ingest import absolute_path, list_inputs
@@ -350,7 +351,7 @@ def stream_into(committer: Committer, records: list[ClipRecord], plans: list[Sta
 
 def _check_manifest_matches(out: OutputDir, manifest: Manifest) -> None:
     saved = out.root / "manifest.yaml"
-    text = Path(manifest.source_path).read_text(encoding="utf-8")
+    text = manifest.text or Path(manifest.source_path).read_text(encoding="utf-8")  # resolved if it extends one
     if saved.exists():
         import yaml
 
@@ -389,6 +390,7 @@ def run(input_path: str, output: str, manifest: str | Manifest | None = None, ad
     out = OutputDir(output)
     out.create()
     _check_manifest_matches(out, m)
+    thresholds.write(out, m)  # audit/thresholds.json: every decision of the manifest, for the report
     recovered = out.recover()
     sweep_stale_temp_dirs()
     done = out.finished_sources()

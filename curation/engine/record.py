@@ -12,15 +12,6 @@ CANDIDATE = "candidate"
 KEPT = "kept"
 REJECTED = "rejected"
 
-# Reasons that mean "this clip cannot be processed", as opposed to "a threshold says no".
-# A --score-only run still stops on these (there is nothing left to score), but never on a threshold.
-HARD_REASON_PREFIXES = ("unreadable", "no_video", "no_audio", "error:", "timeout:")
-
-
-def is_hard_reason(reason: str) -> bool:
-    return reason.startswith(HARD_REASON_PREFIXES)
-
-
 def source_id_for(path: str) -> str:
     return hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
@@ -48,7 +39,7 @@ class ClipRecord:
     source: str
     source_id: str
     audio_path: str | None = None
-    clip_index: int = -1  # -1: still a source-level record
+    clip_index: int | None = None  # None: still a source-level record
     n_siblings: int = 1  # candidate clips cut from the same source (for source completion)
     start_s: float | None = None
     end_s: float | None = None
@@ -58,7 +49,8 @@ class ClipRecord:
     message: str | None = None
     would_reject: list[str] = field(default_factory=list)
     probe: dict[str, Any] = field(default_factory=dict)
-    scores: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float | None] = field(default_factory=dict)  # numeric; None = not measured
+    labels: dict[str, str | None] = field(default_factory=dict)  # string fields (a backend's name)
     data: dict[str, Any] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     timings: dict[str, list[float]] = field(default_factory=dict)
@@ -77,9 +69,15 @@ class ClipRecord:
     def alive(self) -> bool:
         return self.status != REJECTED
 
-    def reject(self, stage: str, reason: str, message: str | None = None, score_only: bool = False) -> None:
-        """Reject this clip. In a score-only run a threshold reason is only noted, never applied."""
-        if score_only and not is_hard_reason(reason):
+    @property
+    def is_source(self) -> bool:
+        """A source-level record (before the scenes stage cut it into candidate clips)."""
+        return self.clip_index is None
+
+    def reject(self, stage: str, reason: str, message: str | None = None, would_only: bool = False) -> None:
+        """Reject this clip. `would_only` (a threshold in a score-only run): only noted in `would_reject`.
+        Stages reject through `Stage.check` / `Stage.reject`, which decide `would_only` from the declarations."""
+        if would_only:
             self.would_reject.append(f"{stage}:{reason}")
             return
         if self.status == REJECTED:

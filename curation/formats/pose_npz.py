@@ -17,6 +17,7 @@ import io
 
 import numpy as np
 
+from curation import geometry
 from curation.formats.wholebody import BODY, FACE, HANDS, LEFT_HAND, NOSE, RIGHT_HAND
 
 KEYS = ("keypoints_info", "person_bbox_xyxy")
@@ -88,11 +89,4 @@ def keypoint_box(kp: np.ndarray, width: int, height: int, thr: float = 0.3, expa
     `expand` of its size on every side and clipped to the frame; None when no point qualifies. (Keypoints are
     joints, not the body's outline: the margin brings the box out to roughly where a detector's box lies.)"""
     ok = (kp[:, 2] > thr) & (kp[:, 0] >= 0) & (kp[:, 0] < width) & (kp[:, 1] >= 0) & (kp[:, 1] < height)
-    if not ok.any():
-        return None
-    p = kp[ok, :2]
-    x0, y0 = p.min(axis=0)
-    x1, y1 = p.max(axis=0)
-    w, h = x1 - x0, y1 - y0
-    return [float(max(0.0, x0 - expand * w)), float(max(0.0, y0 - expand * h)),
-            float(min(width, x1 + expand * w)), float(min(height, y1 + expand * h))]
+    return geometry.points_box(kp[ok, :2], width, height, expand)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from curation.engine.audit import score_columns
 from curation.engine.output import OutputDir
+from curation.media.ffmpeg import FFMPEG, FFPROBE
 
 TARGET_FPS = 25.0
 META_FIRST = ["video_path", "fps", "scenes", "dwpose_path", "num_frames", "key", "source", "start_s", "end_s",
@@ -48,7 +49,7 @@ def _copy_member(f, dest: Path) -> Path:
 
 
 def _probe_stream(path: Path) -> dict:
-    p = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+    p = subprocess.run([FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries",
                         "stream=avg_frame_rate,r_frame_rate,nb_frames", "-of", "json", str(path)],
                        capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
@@ -66,7 +67,7 @@ def _rate(s: str | None) -> float:
 
 def _reencode_25(src: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".enc.tmp.mp4")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), "-map", "0:v:0", "-map", "0:a:0?",
+    cmd = [FFMPEG, "-nostdin", "-v", "error", "-y", "-i", str(src), "-map", "0:v:0", "-map", "0:a:0?",
            "-vf", f"fps={TARGET_FPS:g}", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
            "-pix_fmt", "yuv420p", "-c:a", "copy", "-movflags", "+faststart", str(tmp)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)

@@ -19,6 +19,7 @@ If decord cannot open a file, the ffmpeg decode of `curation.media.ffmpeg.iter_f
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from curation.media.ffmpeg import iter_frames, local_path
+
+log = logging.getLogger(__name__)
+
+
+class DecordUnsupported(Exception):
+    """decord could not open or decode the file (what decord raises for input it cannot read: RuntimeError
+    from its reader, decord's own DECORDError)."""
 
 
 @dataclass(frozen=True)
@@ -104,10 +112,14 @@ def _decode_decord(path: str, times: np.ndarray, geo: SampleGeometry, rotation: 
     `drained`: the caller has taken the chunk), an exception as _Failed, and _DONE last."""
     try:
         import decord
+        from decord._ffi.base import DECORDError
 
         # Full-size decode, resized here: decord's own resize takes a size in the coded orientation, which
         # depends on whether this decord build rotates; only the sampled frames are converted and resized.
-        vr = decord.VideoReader(local_path(path), ctx=decord.cpu(0), num_threads=threads)
+        try:
+            vr = decord.VideoReader(local_path(path), ctx=decord.cpu(0), num_threads=threads)
+        except (RuntimeError, DECORDError) as e:
+            raise DecordUnsupported(str(e)[:500]) from e
         n = len(vr)
         if n == 0:
             return
@@ -123,7 +135,10 @@ def _decode_decord(path: str, times: np.ndarray, geo: SampleGeometry, rotation: 
                 if stop.is_set():
                     return
                 part = chunk[i:i + batch]
-                frames = vr.get_batch(list(part)).asnumpy()
+                try:
+                    frames = vr.get_batch(list(part)).asnumpy()
+                except (RuntimeError, DECORDError) as e:
+                    raise DecordUnsupported(str(e)[:500]) from e
                 for j, fi in enumerate(part):
                     out.put((float(starts[fi]), _to_display(frames[j], geo, rotation)))
                 del frames
@@ -180,7 +195,8 @@ def iter_samples(path: str, start_s: float, end_s: float, fps: float, geo: Sampl
 
             it = _iter_decord(path, times, geo, rotation, threads, batch)
             first = next(it, None)
-        except Exception:  # decord cannot read it (codec, container): fall back to ffmpeg below
+        except DecordUnsupported as e:  # decord cannot read it (codec, container): ffmpeg below
+            log.warning("decord cannot read %s (%s): decoding with ffmpeg instead", path, e)
             first, it = None, None
         if first is not None:
             yield first

@@ -31,14 +31,3 @@ def frame_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
     """Source-timeline times of the frames of [start_s, end_s) resampled to `fps`."""
     n = max(1, int(round((end_s - start_s) * fps)))
     return start_s + np.arange(n) / fps
-
-
-def square_crop(box, scale: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """An (x, y, w, h) square crop centred on `box`, `scale` times its larger side, clipped to the frame."""
-    x0, y0, x1, y1 = box
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    side = max(x1 - x0, y1 - y0) * scale
-    side = int(min(side, width, height)) // 2 * 2
-    x = int(np.clip(cx - side / 2, 0, width - side))
-    y = int(np.clip(cy - side / 2, 0, height - side))
-    return x, y, max(2, side), max(2, side)

@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,29 +33,11 @@ import pandas as pd
 from curation.engine.audit import funnel as compute_funnel
 from curation.engine.audit import read_runs, score_columns
 from curation.engine.output import PART_RE, OutputDir
-from curation.engine.record import is_hard_reason
+from curation.engine import thresholds as decisions_file
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"
 
 KEPT_C, REJ_C, OTHER_C, WOULD_C, WOULD2_C = "#2e7d32", "#c62828", "#9e9e9e", "#ef6c00", "#ffcc80"
-
-# Score → threshold, per stage: (score column, "min"|"max"|"absmax", params key). Names that follow the
-# conventions (params `min_X`/`max_X` for a score `X`, `STAGE_X` or `PREFIX_X`) are found without an entry;
-# this table holds the ones that do not. A key missing from the manifest is skipped.
-KNOWN_THRESHOLDS: dict[str, list[tuple[str, str, str]]] = {
-    "probe": [("source_duration_s", "min", "min_duration_s"), ("width", "min", "min_side_px"),
-              ("height", "min", "min_side_px")],
-    "scenes": [("shot_duration_s", "min", "min_s")],
-    "person": [("face_any_frac", "min", "min_face_frac")],
-    "sync": [("sync_offset", "absmax", "max_offset"), ("sync_offset", "absmax", "max_abs_offset"),
-             ("sync_offset", "absmax", "max_offset_frames"), ("sync_conf", "min", "min_conf"),
-             ("sync_conf", "min", "min_confidence"), ("speech_ratio", "min", "min_speech_ratio")],
-}
-
-# The message `Stage.check` writes: "score=value, needs >= a and <= b".
-_CHECK_MSG = re.compile(r"^(?P<score>[A-Za-z0-9_]+)=(?P<v>\S+), needs (?P<b>.+)$")
-_BOUND = re.compile(r"(>=|<=)\s*([-+0-9.eE]+|inf|-inf)")
-
 
 # ---------------------------------------------------------------------------------------------------
 # Loading
@@ -64,13 +45,17 @@ _BOUND = re.compile(r"(>=|<=)\s*([-+0-9.eE]+|inf|-inf)")
 
 @dataclass
 class Threshold:
-    kind: str  # "min", "max" or "absmax"
+    """One row of audit/thresholds.json: a check in force on a score."""
+
+    kind: str  # "min", "max" or "max_abs" (the direction)
     value: float
-    source: str  # "person.min_face_px" or "rejection messages"
+    source: str  # "person.min_face_px": the stage and params key of the bound
+    reason: str = ""
+    hard: bool = False
 
     @property
     def label(self) -> str:
-        op = {"min": "≥", "max": "≤", "absmax": "|x| ≤"}[self.kind]
+        op = {"min": "≥", "max": "≤", "max_abs": "|x| ≤"}[self.kind]
         return f"{op} {self.value:g} ({self.source})"
 
 
@@ -88,6 +73,9 @@ class RunState:
     score_only: bool
     finished: bool
     notes: list[str] = field(default_factory=list)
+    # audit/thresholds.json (curation.engine.thresholds): the checks, hard reasons and score columns the
+    # stages declared; None for a directory made before it existed (no thresholds are shown then).
+    decisions: dict[str, list[dict]] | None = None
 
 
 def _read_manifest(root: Path) -> tuple[str, list[str], dict[str, dict], str]:
@@ -148,19 +136,32 @@ def load(root: str | os.PathLike) -> RunState:
     if not clips.empty and not runs:  # in progress: a score-only run writes kept clips without shards
         kept = clips[clips["status"] == "kept"]
         score_only = score_only or (len(kept) > 0 and kept["shard"].isna().all())
-    return RunState(root, clips, sources, stages, params, mtext, name, runs, fun, score_only, finished, notes)
+    decisions = decisions_file.read(out.audit)
+    if decisions is None and not clips.empty:
+        notes.append("no audit/thresholds.json (a directory made by an older version): thresholds are not shown")
+    return RunState(root, clips, sources, stages, params, mtext, name, runs, fun, score_only, finished, notes,
+                    decisions)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Scores and thresholds
 
 
-def numeric_scores(clips: pd.DataFrame) -> list[str]:
-    out = []
-    for c in score_columns(clips) if not clips.empty else []:
-        v = pd.to_numeric(clips[c], errors="coerce")
-        if v.notna().any() and (v.notna().sum() >= clips[c].notna().sum()):  # numeric, not e.g. a backend name
-            out.append(c)
+def _declared(state: RunState, kind: str) -> list[dict]:
+    return (state.decisions or {}).get(kind, [])
+
+
+def numeric_scores(state: RunState) -> list[str]:
+    """The numeric score columns: those the stages declared as numbers (audit/thresholds.json), in pipeline
+    order, then undeclared score columns whose stored type is numeric."""
+    clips = state.clips
+    if clips.empty:
+        return []
+    cols = score_columns(clips)
+    declared = {r["score"]: r["type"] for r in _declared(state, "scores")}
+    out = [r["score"] for r in _declared(state, "scores") if r["type"] == "number" and r["score"] in cols]
+    out = list(dict.fromkeys(out))
+    out += [c for c in cols if c not in declared and pd.api.types.is_numeric_dtype(clips[c]) and clips[c].notna().any()]
     return out
 
 
@@ -172,98 +173,28 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) or abs(f) == float("inf") else None
 
 
-# Score-name prefixes a stage uses besides its own name (skeleton scores are pose_*).
-SCORE_PREFIXES: dict[str, tuple[str, ...]] = {"skeleton": ("pose",), "person": ("person",),
-                                              "quality": ("quality", "motion"), "sync": ("sync",)}
-# Params named like bounds that are not thresholds on a score (sampling caps).
-NOT_THRESHOLDS = {"max_samples", "min_samples"}
-# A score may carry a unit or statistic after the params stem (min_short_side → short_side_px).
-UNIT_SUFFIXES = ("px", "frac", "mean", "median", "ratio", "s", "frames", "score")
-
-
-def _match_param(score: str, stage: str, key: str) -> str | None:
-    """'min'/'max'/'absmax' when params `key` bounds `score` by the naming conventions (`min_X`, `max_X`,
-    `X_min`, `X_max`, `max_abs_X` for a score `X` or `PREFIX_X` with PREFIX the stage's name or alias)."""
-    kind = stem = None
-    if key in NOT_THRESHOLDS:
-        return None
-    if m := re.fullmatch(r"(?:[a-z0-9]+_)?(min|max)_(\w+)", key):  # min_X, max_X, backend_min_X
-        kind, stem = m.group(1), m.group(2)
-    elif m := re.fullmatch(r"(\w+)_(min|max)", key):  # X_min, X_max
-        kind, stem = m.group(2), m.group(1)
-    if not stem:
-        return None
-    if stem.startswith("abs_"):
-        kind, stem = ("absmax" if kind == "max" else kind), stem[4:]
-    prefixes = (stage, *SCORE_PREFIXES.get(stage, ()))
-    names = {stem, *(f"{p}_{stem}" for p in prefixes)}
-    if score in names or any(score == f"{n}_{u}" for n in names for u in UNIT_SUFFIXES):
-        return kind
-    return None
-
-
 def thresholds(state: RunState, scores: list[str]) -> tuple[dict[str, list[Threshold]], dict[str, str]]:
-    """Per score the thresholds the manifest sets on it, and the stage a score belongs to."""
+    """Per score the checks in force on it, and the stage that records each score: read from
+    audit/thresholds.json (scores it does not declare belong to no stage: "other")."""
     found: dict[str, list[Threshold]] = {}
     stage_of: dict[str, str] = {}
-
-    def add(score, stage, kind, value, src):
-        v = _num(value)
-        if v is None or isinstance(value, bool):
-            return
-        lst = found.setdefault(score, [])
-        if not any(t.kind == kind and t.value == v for t in lst):
-            lst.append(Threshold(kind, v, src))
-        stage_of.setdefault(score, stage)
-
-    for stage in state.stages:  # the explicit table first: a score it names takes no guessed threshold
-        params = state.params.get(stage, {})
-        for score, kind, key in KNOWN_THRESHOLDS.get(stage, []):
-            if score in scores and key in params:
-                add(score, stage, kind, params[key], f"{stage}.{key}")
-    explicit = set(found)
-    for stage in state.stages:
-        for key, value in state.params.get(stage, {}).items():
-            for score in scores:
-                kind = _match_param(score, stage, key)
-                if kind and score not in explicit:
-                    add(score, stage, kind, value, f"{stage}.{key}")
-    # What `Stage.check` wrote on rejected clips: exact bounds for scores the tables above do not cover.
-    if not state.clips.empty and "message" in state.clips:
-        rej = state.clips[state.clips["message"].notna() & state.clips["stage"].notna()]
-        for msg, stage in zip(rej["message"].astype(str), rej["stage"].astype(str)):
-            m = _CHECK_MSG.match(msg)
-            if not m or m["score"] not in scores:
-                continue
-            stage_of.setdefault(m["score"], stage)
-            if m["score"] in found:
-                continue
-            for op, val in _BOUND.findall(m["b"]):
-                add(m["score"], stage, "min" if op == ">=" else "max", val, "rejection messages")
-    for score in scores:  # no threshold: the stage whose name (or alias) the score starts with, else inferred
-        by_prefix = [st for st in state.stages
-                     if any(score.startswith(f"{p}_") for p in (st, *SCORE_PREFIXES.get(st, ())))]
-        if score not in stage_of and (st := (by_prefix[0] if by_prefix else _infer_stage(state, score))):
-            stage_of[score] = st
+    for r in _declared(state, "scores"):
+        stage_of.setdefault(r["score"], r["stage"])
+    for r in _declared(state, "thresholds"):
+        if r["score"] in scores:
+            found.setdefault(r["score"], []).append(
+                Threshold(r["direction"], float(r["bound"]), f"{r['stage']}.{r['key']}", r["reason"], bool(r["hard"])))
+            stage_of.setdefault(r["score"], r["stage"])
     return found, stage_of
 
 
-def _infer_stage(state: RunState, score: str) -> str | None:
-    """The stage that records a score with no threshold: it ran after every stage that rejected a clip
-    lacking the score, and no later than the earliest stage that rejected a clip having it (None when that
-    leaves several)."""
-    clips, order = state.clips, {s: i for i, s in enumerate(state.stages)}
-    if clips.empty or not order:
-        return None
-    has = pd.to_numeric(clips[score], errors="coerce").notna()
-    rej = clips["stage"].map(order).where(clips["status"].eq("rejected"))
-    lacking = rej[~has & (clips["clip_index"] >= 0)]
-    lo = int(lacking.max() + 1) if lacking.notna().any() else 0
-    hi = int(rej[has].min()) if rej[has].notna().any() else len(order) - 1
-    cands = [s for s, i in order.items() if lo <= i <= hi]
-    if not cands:  # recorded only on some paths through its stage: it ran no later than `hi`
-        cands = [s for s, i in order.items() if i == hi]
-    return cands[0] if len(cands) == 1 else None
+def hard_rejection(state: RunState) -> pd.Series:
+    """Per clip row: rejected with a hard reason (no threshold's doing: applied in a score-only run too)."""
+    clips = state.clips
+    hard = {(r["stage"], r["reason"]) for r in _declared(state, "hard_reasons")}
+    hard |= {(r["stage"], r["reason"]) for r in _declared(state, "thresholds") if r["hard"]}
+    pairs = zip(clips["stage"], clips["reason"]) if "reason" in clips else []
+    return pd.Series([(st, rs) in hard for st, rs in pairs], index=clips.index, dtype=bool)
 
 
 def _fails(values: pd.Series, ths: list[Threshold]) -> pd.Series:
@@ -273,7 +204,7 @@ def _fails(values: pd.Series, ths: list[Threshold]) -> pd.Series:
             bad |= values < t.value
         elif t.kind == "max":
             bad |= values > t.value
-        else:
+        else:  # max_abs
             bad |= values.abs() > t.value
     return bad
 
@@ -308,7 +239,7 @@ def funnel_steps(state: RunState) -> list[dict]:
     tot = f.get("totals", {})
     steps = [{"label": "sources", "unit": "sources", "n": tot.get("sources", 0),
               "seconds": tot.get("source_seconds", 0.0), "key": "totals.sources"}]
-    is_clip = clips["clip_index"] >= 0 if not clips.empty else pd.Series(dtype=bool)
+    is_clip = clips["clip_index"].notna() if not clips.empty else pd.Series(dtype=bool)
     cand_s = float(clips.loc[is_clip, "duration_s"].fillna(0).sum()) if not clips.empty else 0.0
     by_stage = {s["stage"]: s for s in f.get("stages", [])}
     order = {s: i for i, s in enumerate(state.stages)}
@@ -439,11 +370,10 @@ def score_histogram(state: RunState, score: str, ths: list[Threshold]) -> tuple[
     ok = v.notna() & np.isfinite(v)
     status = clips["status"].astype(str)
     would = clips["would_reject"].notna() if "would_reject" in clips else pd.Series(False, index=clips.index)
-    msg = clips["message"].astype(str) if "message" in clips else pd.Series("", index=clips.index)
-    # Rejected and failing this score's threshold (also when another check rejected the clip first).
-    # A hard failure (unreadable, error:, timeout:) is no threshold's doing, also in a score-only run.
-    soft = clips["reason"].map(lambda r: isinstance(r, str) and not is_hard_reason(r))
-    by_this = status.eq("rejected") & (msg.str.startswith(f"{score}=") | (soft & _fails(v, ths) if ths else False))
+    # Rejected by a threshold and failing this score's (also when another check rejected the clip first).
+    # A hard rejection (audit/thresholds.json: hard reasons, hard checks) is no threshold's doing.
+    soft = clips["reason"].notna() & ~hard_rejection(state)
+    by_this = status.eq("rejected") & soft & (_fails(v, ths) if ths else False)
     would_this = would & ~by_this & (_fails(v, ths) if ths else False)
     groups = [  # score-only: `would` marks clips some threshold would have dropped
         ("kept", ok & status.ne("rejected") & ~would, KEPT_C),
@@ -457,7 +387,7 @@ def score_histogram(state: RunState, score: str, ths: list[Threshold]) -> tuple[
     allv = v[ok].to_numpy(dtype=float)
     lo, hi = (float(allv.min()), float(allv.max())) if len(allv) else (0.0, 1.0)
     for t in ths:
-        for x in ([t.value, -t.value] if t.kind == "absmax" else [t.value]):
+        for x in ([t.value, -t.value] if t.kind == "max_abs" else [t.value]):
             if math.isfinite(x):
                 lo, hi = min(lo, x), max(hi, x)
     if hi <= lo:
@@ -467,7 +397,7 @@ def score_histogram(state: RunState, score: str, ths: list[Threshold]) -> tuple[
         ax.hist([v[m].to_numpy(dtype=float) for _, m, _ in groups], bins=bins, histtype="barstacked",
                 color=[c for _, _, c in groups], label=[f"{n} ({int(m.sum())})" for n, m, _ in groups])
     for t in ths:
-        for x in ([t.value, -t.value] if t.kind == "absmax" else [t.value]):
+        for x in ([t.value, -t.value] if t.kind == "max_abs" else [t.value]):
             if math.isfinite(x):
                 ax.axvline(x, color="black", linestyle="--", linewidth=1.3)
                 ax.annotate(f"{t.label.split(' (')[0]}", (x, 1.0), xycoords=("data", "axes fraction"),
@@ -620,11 +550,11 @@ def rejection_rows(state: RunState) -> list[dict]:
     for s in state.funnel.get("stages", []):
         for reason, n in sorted(s["rejected"].items(), key=lambda kv: -kv[1]):
             sel = clips[clips["stage"].eq(s["stage"]) & clips["reason"].eq(reason) & clips["status"].eq("rejected")]
-            secs = sum(float(d) if pd.notna(d) and ci >= 0 else float(src_dur.get(src) or 0.0)
+            secs = sum(float(d) if pd.notna(d) and pd.notna(ci) else float(src_dur.get(src) or 0.0)
                        for d, ci, src in zip(sel["duration_s"], sel["clip_index"], sel["source"]))
             ex = sel["message"].dropna().astype(str)
             rows.append({"stage": s["stage"], "reason": reason, "n": int(n), "seconds": secs,
-                         "unit": "sources" if s["stage"] == "probe" or (sel["clip_index"] < 0).all() else "clips",
+                         "unit": "sources" if s["stage"] == "probe" or sel["clip_index"].isna().all() else "clips",
                          "example": ex.iloc[0] if len(ex) else "", "would": False})
         for reason, n in sorted(s.get("would_reject", {}).items(), key=lambda kv: -kv[1]):
             rows.append({"stage": s["stage"], "reason": reason, "n": int(n), "seconds": None, "unit": "clips",
@@ -641,7 +571,7 @@ def rejection_rows(state: RunState) -> list[dict]:
 def render(state: RunState, per_reason: int = 4, kept_n: int = 8) -> str:
     import jinja2
 
-    scores = numeric_scores(state.clips)
+    scores = numeric_scores(state)
     ths, stage_of = thresholds(state, scores)
     order = {s: i for i, s in enumerate(state.stages)}
     scores_sorted = sorted(scores, key=lambda s: (order.get(stage_of.get(s, ""), 98), scores.index(s)))

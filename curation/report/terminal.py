@@ -62,10 +62,8 @@ def report(directory: str, html: bool = True) -> int:
     for name, t in (funnel.get("totals", {}).get("tiers") or {}).items():
         print(f"tier {name}: {t['clips']} clips, {_hms(t['seconds'])}")
     if html:
-        try:
-            from curation.report.html import write_report
-        except ImportError:
-            return 0
+        from curation.report.html import write_report
+
         path = write_report(root)
         print(f"report: {path}")
     return 0
