@@ -38,7 +38,7 @@ NORMAL = [
 
 
 def test_same_thresholds_give_the_same_decisions():
-    d = decide(_src(NORMAL), Selection(dict(BOUNDS)))
+    d = decide(_src(NORMAL), Selection(CHECKS, dict(BOUNDS)))
     # f was kept with a missing sync_conf (it could only happen with a bug upstream): now it fails, and is counted
     assert list(d.status) == ["kept", "kept", "rejected", "rejected", "rejected", "rejected"]
     assert [None if pd.isna(x) else x for x in d.reason[:5]] == [None, None, "no_face", "low_sync_conf", "no_audio"]
@@ -47,7 +47,7 @@ def test_same_thresholds_give_the_same_decisions():
 
 def test_stricter_rejects_kept_clips_at_the_right_stage():
     b = {**BOUNDS, ("sync", "min_conf"): 0.5, ("person", "max_multi_frac"): 0.05}
-    d = decide(_src(NORMAL[:5]), Selection(b))
+    d = decide(_src(NORMAL[:5]), Selection(CHECKS, b))
     assert list(d.status) == ["kept", "rejected", "rejected", "rejected", "rejected"]
     assert (d.stage[1], d.reason[1]) == ("person", "multi_person")  # first failing stage wins, not sync
     assert d.message[1] == "multi_frac=0.1, needs <= 0.05"
@@ -56,24 +56,24 @@ def test_stricter_rejects_kept_clips_at_the_right_stage():
 
 def test_looser_names_the_clips_that_need_a_rerun():
     b = {**BOUNDS, ("sync", "min_conf"): 0.2, ("person", "min_face_frac"): 0.05}
-    d = decide(_src(NORMAL[:5]), Selection(b))
+    d = decide(_src(NORMAL[:5]), Selection(CHECKS, b))
     assert sorted(d.needs_rerun["key"]) == ["c", "d"]
     assert dict(zip(d.needs_rerun["key"], d.needs_rerun["stage"])) == {"c": "person", "d": "sync"}
 
 
 def test_score_only_run_takes_any_threshold():
     rows = [r[:4] + ("kept", None, None, None) + r[8:11] + (None,) for r in NORMAL[:4]]
-    d = decide(_src(rows, score_only=True), Selection({**BOUNDS, ("sync", "min_conf"): 0.2}))
+    d = decide(_src(rows, score_only=True), Selection(CHECKS, {**BOUNDS, ("sync", "min_conf"): 0.2}))
     assert list(d.status) == ["kept", "kept", "rejected", "kept"]  # c: no face; d now passes sync
     assert d.needs_rerun.empty and d.missing == {}
 
 
 def test_where_rejects_at_select():
-    d = decide(_src(NORMAL[:5]), Selection(dict(BOUNDS), where="sync_conf > 0.5"))
+    d = decide(_src(NORMAL[:5]), Selection(CHECKS, dict(BOUNDS), where="sync_conf > 0.5"))
     assert list(d.status) == ["kept", "rejected", "rejected", "rejected", "rejected"]
     assert (d.stage[1], d.reason[1]) == ("select", "where")
     with pytest.raises(SelectError, match="no_such_column"):
-        decide(_src(NORMAL[:5]), Selection(dict(BOUNDS), where="no_such_column > 1"))
+        decide(_src(NORMAL[:5]), Selection(CHECKS, dict(BOUNDS), where="no_such_column > 1"))
 
 
 def test_parse_sets():

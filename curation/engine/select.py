@@ -36,24 +36,54 @@ class SelectError(ValueError):
 
 @dataclass(frozen=True)
 class Check:
+    """A declared check of one stage (stages.base.Check) as select applies it to a column of the audit."""
+
     stage: str
     score: str
     key: str
-    direction: str  # "min": score >= bound passes; "max": score <= bound passes
+    direction: str  # min: score >= bound passes; max: score <= bound; max_abs: |score| <= bound
     reason: str
+    hard: bool = False
+    bound: float | None = None  # the bound the run applied (read from its thresholds.json)
 
     def passes(self, values: pd.Series, bound: float | None) -> pd.Series:
         """True where the value passes; a missing value never passes; no bound (None) means open."""
         v = pd.to_numeric(values, errors="coerce")
         if bound is None:
             return v.notna()
-        return (v >= bound) if self.direction == "min" else (v <= bound)
+        if self.direction == "min":
+            return v >= bound
+        if self.direction == "max":
+            return v <= bound
+        return v.abs() <= bound
+
+    def needs(self, bound: float | None) -> str:
+        if bound is None:
+            return "a value"
+        return {"min": f">= {bound:g}", "max": f"<= {bound:g}",
+                "max_abs": f">= {-bound:g} and <= {bound:g}"}[self.direction]
+
+
+def declared_checks(stages: list[str], params: dict[str, Any]) -> list[Check]:
+    """The checks in force under `params` (validated Params objects per stage), as the stages declare them."""
+    from stages import stage_class
+
+    out = []
+    for s in stages:
+        p = params.get(s)
+        if p is None:
+            continue
+        for c in stage_class(s).Params.checks:
+            if c.applies(p) and c.bound(p) is not None:
+                out.append(Check(s, c.score, c.key, c.direction, c.reason, c.hard))
+    return out
 
 
 @dataclass
 class Selection:
     """The thresholds one decision uses: the checks with their bounds, and an optional where-expression."""
 
+    checks: list[Check]
     bounds: dict[tuple[str, str], float | None]  # (stage, key) -> bound
     where: str | None = None
     name: str | None = None  # the tier's name
@@ -74,13 +104,15 @@ class Source:
 
 
 def _read_checks(root: Path) -> list[Check]:
-    p = root / "audit" / "thresholds.json"
-    if not p.exists():
+    """The checks the run applied, from its audit/thresholds.json."""
+    from curation.engine import thresholds
+
+    tables = thresholds.read(root / "audit")
+    if tables is None:
         raise SelectError(f"{root} has no audit/thresholds.json: it was made by a version of talkcurate that did not "
                           "declare its thresholds; run it again to select from it")
-    rows = json.loads(p.read_text(encoding="utf-8"))
-    rows = rows.get("checks", rows) if isinstance(rows, dict) else rows
-    return [Check(r["stage"], r["score"], r["key"], r["direction"], r["reason"]) for r in rows]
+    return [Check(r["stage"], r["score"], r["key"], r["direction"], r["reason"], bool(r.get("hard")), r["bound"])
+            for r in tables["thresholds"]]
 
 
 def read_source(src: str | Path) -> Source:
@@ -133,30 +165,29 @@ def apply_sets(manifest_raw: dict, sets: dict[str, Any]) -> dict:
     return raw
 
 
-def validated_params(manifest_raw: dict, origin: str) -> dict[str, dict]:
-    """Validate every stage's params against the stage's own schema; return them as plain dicts."""
-    from pydantic import ValidationError
+def load_raw_manifest(manifest_raw: dict, origin: str):
+    """Validate a manifest given as a mapping exactly as `curation run` validates a file; a Manifest."""
+    import tempfile
 
-    from stages import stage_class
+    from curation.engine.config import ManifestError, load_manifest
 
-    out = {}
-    for spec in manifest_raw.get("stages", []):
-        cls = stage_class(spec["name"])
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "manifest.yaml"
+        p.write_text(yaml.safe_dump(manifest_raw, sort_keys=False), encoding="utf-8")
         try:
-            out[spec["name"]] = cls.Params.model_validate(spec.get("params") or {}).model_dump()
-        except ValidationError as e:
-            msgs = "; ".join(f"{spec['name']}.{'.'.join(map(str, x['loc']))}: "
-                             f"{'unknown key' if x['type'] == 'extra_forbidden' else x['msg']}" for x in e.errors())
-            raise SelectError(f"{origin}: {msgs}") from None
-    return out
+            return load_manifest(str(p))
+        except ManifestError as e:
+            raise SelectError(str(e).replace(str(p), origin)) from None
 
 
-def bounds_for(checks: list[Check], params: dict[str, dict]) -> dict[tuple[str, str], float | None]:
-    b = {}
-    for c in checks:
-        v = params.get(c.stage, {}).get(c.key)
-        b[(c.stage, c.key)] = None if v is None else float(v)
-    return b
+def selection_for(src: "Source", manifest_raw: dict, where: str | None, origin: str, name: str | None = None
+                  ) -> "Selection":
+    """The checks in force under a manifest (as the stages declare them) with their bounds."""
+    m = load_raw_manifest(manifest_raw, origin)
+    params = {s: m.params(s) for s in src.stages if m.stage(s) is not None}
+    checks = declared_checks(src.stages, params)
+    bounds = {(c.stage, c.key): float(getattr(params[c.stage], c.key)) for c in checks}
+    return Selection(checks, bounds, where, name)
 
 
 def manifest_for(src: Source, sets: dict[str, Any], manifest_path: str | None) -> dict:
@@ -164,7 +195,7 @@ def manifest_for(src: Source, sets: dict[str, Any], manifest_path: str | None) -
         from curation.engine.config import load_manifest
 
         m = load_manifest(manifest_path)
-        raw = json.loads(m.model_dump_json())
+        raw = yaml.safe_load(m.text or Path(m.source_path).read_text(encoding="utf-8"))
         new_stages = [s["name"] for s in raw["stages"] if s.get("enabled", True)]
         if new_stages != src.stages:
             raise SelectError(f"--manifest {manifest_path}: its stages {new_stages} differ from the run's {src.stages}; "
@@ -201,9 +232,10 @@ def decide(src: Source, sel: Selection) -> Decision:
     src_stage_idx = clips["stage"].map(order).fillna(INF).to_numpy(dtype=float)
     src_stage_idx = np.where(src_rejected, src_stage_idx, INF)
     th = _threshold_reasons(src.checks)
+    src_bounds = {(c.stage, c.key): c.bound for c in src.checks}
     by_threshold = np.array([(s, r) in th for s, r in zip(clips["stage"], clips["reason"])], dtype=bool) & src_rejected
-    # In a score-only run no threshold was applied: a clip only stopped at a hard reason.
-    reached_all = ~src_rejected | (by_threshold & src.score_only)
+    # A rejected clip stopped at its stage (in a score-only run only a hard check or reason stops a clip).
+    reached_all = ~src_rejected
     # the last stage each clip ran (inclusive): all for kept or score-only clips, else the rejecting stage
     last_idx = np.where(reached_all, INF, src_stage_idx)
 
@@ -214,7 +246,7 @@ def decide(src: Source, sel: Selection) -> Decision:
     rerun_stage = np.empty(n, dtype=object)
 
     # checks in stage order, then declaration order: the first failing one gives the reason (as Stage.check)
-    ordered = sorted(src.checks, key=lambda c: order.get(c.stage, INF))
+    ordered = sorted(sel.checks, key=lambda c: order.get(c.stage, INF))
     for c in ordered:
         i = order.get(c.stage)
         if i is None:
@@ -223,23 +255,24 @@ def decide(src: Source, sel: Selection) -> Decision:
         col = clips[c.score] if c.score in clips else pd.Series(np.nan, index=clips.index)
         vals = pd.to_numeric(col, errors="coerce")
         ran = last_idx >= i  # the clip was scored by this stage
+        # A bound the run applied unchanged needs no new decision on a clip that passed it there (in a
+        # score-only run only hard checks were applied): the run's verdict stands, recorded score or not.
+        if (c.stage, c.key) in src_bounds and src_bounds[(c.stage, c.key)] == bound and (c.hard or not src.score_only):
+            ran = ran & ~(src_stage_idx > i)
         present = vals.notna().to_numpy()
         ok = c.passes(vals, bound).to_numpy()
         undecided = new_idx > i
-        fails = ran & ~ok & undecided
-        # A clip the run stopped at this very stage on a threshold, whose score here is missing: the stage
-        # returned early (it never measured it) - that is for a rerun to say, not a failure.
-        stopped_here = (src_stage_idx == i) & by_threshold & ~reached_all
-        fails_missing = fails & ~present
-        miss_counted = fails_missing & ~stopped_here
+        # At the stage that stopped a clip, a score it lacks was never measured (the stage stopped first):
+        # no verdict on it; a rerun decides (for a threshold stop) or the run's hard reason stands.
+        unmeasured_stop = src_rejected & (src_stage_idx == i) & ~present
+        fails = ran & ~ok & undecided & ~unmeasured_stop
+        miss_counted = fails & ~present
         if miss_counted.any():
             missing[c.score] = missing.get(c.score, 0) + int(miss_counted.sum())
-        fails = fails & ~(fails_missing & stopped_here)
         new_idx[fails] = i
         new_reason[fails] = c.reason
         shown = vals.map(lambda v: "none" if pd.isna(v) else f"{v:.4g}").to_numpy()
-        need = f">= {bound:g}" if c.direction == "min" and bound is not None else (
-            f"<= {bound:g}" if bound is not None else "a value")
+        need = c.needs(bound)
         for j in np.flatnonzero(fails):
             new_msg[j] = f"{c.score}={shown[j]}, needs {need}"
 
@@ -316,16 +349,15 @@ def decide_tiers(src: Source, base_raw: dict, base_where: str | None, tiers: lis
     """Each clip gets the first tier whose thresholds it meets (on top of the base thresholds); a clip that
     meets none is rejected at `select` with `no_tier`. Returns the decision, the tier per clip, and each
     tier's params."""
-    base_params = validated_params(base_raw, origin)
-    base = decide(src, Selection(bounds_for(src.checks, base_params), base_where))
+    base = decide(src, selection_for(src, base_raw, base_where, origin))
     tier_of = pd.Series([None] * len(src.clips), index=src.clips.index, dtype=object)
     tier_params = {}
     for t in tiers:
         raw = apply_sets(base_raw, t.sets)
-        params = validated_params(raw, f"{origin} tier {t.name}")
-        tier_params[t.name] = params
         where = " and ".join(f"({w})" for w in (base_where, t.where) if w) or None
-        d = decide(src, Selection(bounds_for(src.checks, params), where, t.name))
+        sel = selection_for(src, raw, where, f"{origin} tier {t.name}", t.name)
+        tier_params[t.name] = {f"{s}.{k}": v for (s, k), v in sel.bounds.items()}
+        d = decide(src, sel)
         take = d.status.eq("kept") & base.status.eq("kept") & tier_of.isna()
         tier_of[take] = t.name
         for k, v in d.missing.items():
@@ -387,8 +419,11 @@ def format_comparison(old: list[dict], new: list[dict], tiers: dict[str, tuple[i
         rej = ", ".join(f"{k}: {v}" for k, v in sorted(n_["rejected"].items(), key=lambda kv: -kv[1])) or "-"
         t.add_row(o["stage"], str(o["out"]), str(n_["out"]), f"{n_['out'] - o['out']:+d}",
                   f"{o['seconds_out'] / 3600:.3f}", f"{n_['seconds_out'] / 3600:.3f}", rej)
-    console = Console(record=True, width=160)
-    with console.capture():
+    import io
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=160)
+    if True:
         console.print(t)
         if tiers:
             tt = Table(title="tiers")
@@ -397,7 +432,7 @@ def format_comparison(old: list[dict], new: list[dict], tiers: dict[str, tuple[i
             for name, (k, s) in tiers.items():
                 tt.add_row(name, str(k), f"{s / 3600:.3f}")
             console.print(tt)
-    return console.export_text()
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -424,8 +459,7 @@ def plan(src_dir: str, sets: list[str] | None = None, manifest: str | None = Non
         tiers = read_tiers(tiers_file)
         d, tier_of, tier_params = decide_tiers(src, raw, where, tiers, origin)
     else:
-        params = validated_params(raw, origin)
-        d = decide(src, Selection(bounds_for(src.checks, params), where))
+        d = decide(src, selection_for(src, raw, where, origin))
         tier_of, tier_params = None, {}
     if len(d.needs_rerun):
         lines = [f"  {r.key} ({r.source}): rejected at {r.stage} in {src.root}; the new thresholds pass it there, "
@@ -606,10 +640,9 @@ def write_selection(src: Source, raw: dict, res: SelectResult, dst: str | Path, 
     clips["shard"] = clips["key"].map(shard_of)
     sources = _sources_table(src.root, clips)
     out.commit(0, {}, clips, sources)
-    params = validated_params(raw, "manifest")
-    checks = [{"stage": c.stage, "score": c.score, "key": c.key, "direction": c.direction, "reason": c.reason,
-               "bound": params[c.stage].get(c.key)} for c in src.checks]
-    out.write_atomic(out.audit / "thresholds.json", json.dumps(checks, indent=2).encode())
+    from curation.engine import thresholds
+
+    thresholds.write(out, load_raw_manifest(raw, str(root / "manifest.yaml")))
     stages = list(src.stages) + ([SELECT_STAGE] if spec.get("where") or spec.get("tiers") else [])
     with open(out.audit / "runs.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"started": t0, "wall_s": time.time() - t0, "select": True, "score_only": False,
