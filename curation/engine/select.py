@@ -247,7 +247,8 @@ def decide(src: Source, sel: Selection) -> Decision:
 
     # checks in stage order, then declaration order: the first failing one gives the reason (as Stage.check)
     ordered = sorted(sel.checks, key=lambda c: order.get(c.stage, INF))
-    for c in ordered:
+    fail_check = np.full(n, -1)
+    for k, c in enumerate(ordered):
         i = order.get(c.stage)
         if i is None:
             continue
@@ -271,10 +272,16 @@ def decide(src: Source, sel: Selection) -> Decision:
             missing[c.score] = missing.get(c.score, 0) + int(miss_counted.sum())
         new_idx[fails] = i
         new_reason[fails] = c.reason
-        shown = vals.map(lambda v: "none" if pd.isna(v) else f"{v:.4g}").to_numpy()
-        need = c.needs(bound)
-        for j in np.flatnonzero(fails):
-            new_msg[j] = f"{c.score}={shown[j]}, needs {need}"
+        fail_check[fails] = k
+
+    # messages as Stage.check writes them, made only for the rows that fail (vectorised per check)
+    for k, c in enumerate(ordered):
+        rows = np.flatnonzero(fail_check == k)
+        if len(rows):
+            v = pd.to_numeric(clips[c.score].iloc[rows], errors="coerce") if c.score in clips else pd.Series(
+                np.nan, index=rows)
+            shown = v.map(lambda x: "none" if pd.isna(x) else f"{x:.4g}").to_numpy(dtype=object)
+            new_msg[rows] = [f"{c.score}={s}, needs {c.needs(sel.bounds.get((c.stage, c.key)))}" for s in shown]
 
     # Clips the run stopped before the end: decided only if something they did record fails now.
     stopped = ~reached_all & src_rejected
