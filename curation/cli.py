@@ -87,6 +87,36 @@ def cmd_weights(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(a: argparse.Namespace) -> int:
+    from curation.engine.config import ManifestError
+    from curation.engine.select import SelectError, plan, write_selection
+
+    if not a.dry_run and not a.out:
+        return _fail("select needs --out DST (or --dry-run for the funnel comparison only)")
+    try:
+        src, raw, res, tier_params = plan(a.src, a.set, a.manifest, a.where, a.tiers)
+    except (SelectError, ManifestError) as e:
+        return _fail(str(e))
+    print(res.comparison, end="")
+    if a.report:
+        from curation.report.select_page import write_select_report
+
+        print(f"report: {write_select_report(a.report, src, res)}")
+    if a.dry_run:
+        return 0
+    spec = {"src": str(Path(a.src).resolve()), "sets": a.set, "manifest": a.manifest, "where": a.where,
+            "tiers": Path(a.tiers).read_text() if a.tiers else None, "argv": sys.argv}
+    try:
+        dst = write_selection(src, raw, res, a.out, spec, tier_params)
+    except SelectError as e:
+        return _fail(str(e))
+    from curation.report.terminal import report
+
+    report(str(dst), html=True)
+    print(f"selection: {dst}  (index {dst / 'index.parquet'}, shards {dst / 'shards'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="curation", description=(
         "Curate raw footage of people talking into a training-ready audio-video dataset "
@@ -144,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--weights", metavar="DIR", default=None, help="weights directory (as for run)")
     w.add_argument("--verify", action="store_true", help="(kept for scripts: `list` always checks every file)")
     w.set_defaults(func=cmd_weights)
+
+    s = sub.add_parser("select", help="decide again from recorded scores: new thresholds, tiers, what-if",
+                       description="Decide every clip of SRC again from its recorded scores, without running a "
+                                   "model: new thresholds (--set, --manifest), a filter (--where), tiers (--tiers). "
+                                   "Prints the funnels before and after; writes DST (index, audit, shards repacked "
+                                   "byte for byte, report). From a normal run only stricter thresholds are possible; "
+                                   "from a --score-only run any.")
+    s.add_argument("src", metavar="SRC", help="a finished output directory of `curation run`")
+    s.add_argument("--out", metavar="DST", help="the new output directory")
+    s.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE", default=[],
+                   help="a threshold of the run's manifest changed (repeatable), e.g. sync.min_conf=0.5")
+    s.add_argument("--manifest", metavar="FILE", help="thresholds from another manifest with the same stages")
+    s.add_argument("--where", metavar="EXPR", help="a pandas expression over the audit's columns, e.g. 'face_px >= 200'")
+    s.add_argument("--tiers", metavar="FILE", help="YAML: tiers: [{name, set: {stage.key: value}, where}], first met wins")
+    s.add_argument("--dry-run", action="store_true", help="print the funnel comparison only (reads only the audit)")
+    s.add_argument("--report", metavar="HTML", help="write the comparison as an HTML page")
+    s.set_defaults(func=cmd_select)
 
     _add_optional_commands(sub)
     return ap

@@ -82,6 +82,10 @@ def funnel(clips: pd.DataFrame, sources: pd.DataFrame, stage_names: list[str], r
     }
     totals["kept_hours"] = totals["kept_seconds"] / 3600.0
     totals["source_hours"] = totals["source_seconds"] / 3600.0
+    if "tier" in clips and len(kept):  # a `curation select --tiers` output: kept clips and hours per tier
+        secs = kept.groupby("tier")["duration_s"].sum()
+        totals["tiers"] = {str(t): {"clips": int(n), "seconds": float(secs[t]), "hours": float(secs[t]) / 3600.0}
+                           for t, n in kept.groupby("tier").size().items()}
     return {"stages": stages, "totals": totals, "runs": runs}
 
 

@@ -100,6 +100,8 @@ class ClipRecord:
             start_s=start_s,
             end_s=end_s,
             probe=dict(self.probe),
+            # Source-level scores (probe's) hold for every clip cut from the source: its checks were passed.
+            scores=dict(self.scores),
             # The first child carries the source-level stages' time so the funnel sums it once.
             timings={k: list(v) for k, v in self.timings.items()} if clip_index == 0 else {},
             where={k: list(v) for k, v in self.where.items()},

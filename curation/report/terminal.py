@@ -54,6 +54,9 @@ def report(directory: str, html: bool = True, table: bool = True) -> int:
     if mpath.exists():
         stages = [s["name"] for s in (yaml.safe_load(mpath.read_text()) or {}).get("stages", [])
                   if s.get("enabled", True)]
+    sel = root / "audit" / "select.json"
+    if sel.exists():  # made by `curation select`: its own stage list (with the `select` pseudo-stage)
+        stages = json.loads(sel.read_text()).get("stages", stages)
     funnel = consolidate(root, stages)
     if table:
         print_funnel(funnel)
@@ -61,6 +64,8 @@ def report(directory: str, html: bool = True, table: bool = True) -> int:
 
     st = status(out)
     print(f"status: {st.text} ({st.why})")
+    for name, t in (funnel.get("totals", {}).get("tiers") or {}).items():
+        print(f"tier {name}: {t['clips']} clips, {_hms(t['seconds'])}")
     if html:
         from curation.report.html import write_report
 
