@@ -344,8 +344,8 @@ def test_writer_does_not_shift_an_unreliable_offset(landmarks_stage, person_stag
     """A4 is in sync, but the estimator finds a 2-frame offset with a confidence under the manifest's
     landmarks_shift_min_conf (the level above which, on the benchmark, offsets are within a frame of the
     truth): the clip is kept and the writer leaves its audio where it is (the first estimator's writer
-    shifted such clips by their offset, putting them out of sync). With the shift level lowered to the
-    clip's confidence the writer does shift it, by the offset; with unsure_offset: reject it is rejected."""
+    shifted such clips by their offset, putting them out of sync). With the shift level at 0 the writer does
+    shift it, by the offset; with unsure_offset: reject it is rejected."""
     import io
 
     from scipy.io import wavfile
@@ -374,12 +374,14 @@ def test_writer_does_not_shift_an_unreliable_offset(landmarks_stage, person_stag
         return _lag_samples(x.astype(np.float64), read_audio(r.source, r.start_s, r.end_s).astype(np.float64))
 
     assert abs(written_lag(copy.deepcopy(rec))) <= 80  # its own audio, where it was
-    sure = SyncStage(p.model_copy(update={"landmarks_shift_min_conf": rec.scores["sync_conf"]}), ctx)
+    # (a fresh landmarker: its numbers may differ slightly from the shared one's, which tracked other clips)
+    sure = SyncStage(p.model_copy(update={"landmarks_shift_min_conf": 0.0}), ctx)
     (shifted,) = sure.process([copy.deepcopy(a4)])
     sure.close()
-    assert shifted.alive and shifted.labels["sync_shift"] == "shifted"
-    assert shifted.data["audio_shift_frames"] == off
-    assert abs(written_lag(shifted) - off * 640) <= 80  # 640 samples a frame at 16 kHz, 25 fps
+    assert shifted.alive and shifted.labels["sync_shift"] == "shifted", shifted.labels
+    off2 = shifted.scores["sync_offset"]
+    assert off2 != 0 and shifted.data["audio_shift_frames"] == off2
+    assert abs(written_lag(shifted) - off2 * 640) <= 80  # 640 samples a frame at 16 kHz, 25 fps
     strict = SyncStage(p.model_copy(update={"unsure_offset": "reject"}), ctx)
     (rej,) = strict.process([copy.deepcopy(a4)])
     strict.close()
