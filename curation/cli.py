@@ -106,9 +106,15 @@ def cmd_select(a: argparse.Namespace) -> int:
         return 0
     spec = {"src": str(Path(a.src).resolve()), "sets": a.set, "manifest": a.manifest, "where": a.where,
             "tiers": Path(a.tiers).read_text() if a.tiers else None, "argv": sys.argv}
+    from curation.engine.preflight import PreflightError
+    from curation.report import progress
+
     try:
-        dst = write_selection(src, raw, res, a.out, spec, tier_params)
-    except SelectError as e:
+        # from a --score-only run the selected clips run the writing stages on Ray: the same quiet terminal
+        with progress.session(verbose=a.verbose):
+            dst = write_selection(src, raw, res, a.out, spec, tier_params, weights=a.weights, address=a.address,
+                                  num_cpus=a.num_cpus)
+    except (SelectError, PreflightError) as e:
         return _fail(str(e))
     from curation.report.terminal import report
 
@@ -190,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tiers", metavar="FILE", help="YAML: tiers: [{name, set: {stage.key: value}, where}], first met wins")
     s.add_argument("--dry-run", action="store_true", help="print the funnel comparison only (reads only the audit)")
     s.add_argument("--report", metavar="HTML", help="write the comparison as an HTML page")
+    s.add_argument("--weights", metavar="DIR", default=None,
+                   help="weights directory (as for run; a selection from a --score-only run runs skeleton and write)")
+    s.add_argument("--address", metavar="RAY_ADDRESS", default=None, help="an existing Ray cluster (as for run)")
+    s.add_argument("--num-cpus", type=int, metavar="N", default=None, help="CPUs for a local Ray (as for run)")
     s.set_defaults(func=cmd_select)
 
     _add_optional_commands(sub)

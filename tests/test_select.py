@@ -123,3 +123,69 @@ def test_tiers_put_every_kept_clip_in_one_tier(pipeline_output, tmp_path):
         assert rows["shard"].str.startswith(f"{tier}/").all()
     funnel = yaml.safe_load((dst / "audit" / "funnel.json").read_text())
     assert {t: v["clips"] for t, v in funnel["totals"]["tiers"].items()} == index["tier"].value_counts().to_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a --score-only run: any thresholds; the selected clips run skeleton and write on Ray, with resume
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """A --score-only run and a normal run of the same three sources (one kept, one kept, one without a face),
+    one source a window and a commit, so that a selection can be killed between commits."""
+    d = tmp_path_factory.mktemp("sel_in")
+    for name in ("A1_hdtf_bob_menendez_talking_8s.mp4", "A3_retalk_man_suit_talking_6s.mp4",
+                 "D1_noface_cup_hand_quiet_audio_8s.mp4"):
+        (d / name).symlink_to(FOOTAGE / name)
+    m = tmp_path_factory.mktemp("sel_m") / "small.yaml"
+    m.write_text(yaml.safe_dump({"name": "small", "extends": "default", "run": {"window_sources": 1},
+                                 "output": {"commit_every_sources": 1}}))
+    base = tmp_path_factory.mktemp("sel_runs")
+    run_cli("run", "--input", str(d), "--output", str(base / "score_only"), "--manifest", str(m), "--score-only",
+            "--num-cpus", "2")
+    run_cli("run", "--input", str(d), "--output", str(base / "normal"), "--manifest", str(m), "--num-cpus", "2")
+    return base / "score_only", base / "normal"
+
+
+def test_select_from_score_only_equals_a_normal_run_and_resumes_after_kill_9(small_runs, tmp_path):
+    import signal
+    import time
+
+    from test_faults import check_output_dir, end_group, run_ok, span_table, start_cli
+
+    so, normal = small_runs
+    assert pd.read_parquet(so / "audit" / "clips.parquet")["record_data"].notna().any()
+    dst = tmp_path / "selected"
+    args = ["select", str(so), "--out", str(dst), "--num-cpus", "2"]
+    proc = start_cli(args, tmp_path / "kill.log")
+    killed_at = None
+    try:
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 900:
+            parts = list((dst / "audit" / "parts").glob("sources-*.parquet"))
+            if parts:  # the first source committed, the others still to write
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_at = len(parts)
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+    finally:
+        end_group(proc)
+    assert killed_at is not None and killed_at < 3, (killed_at, (tmp_path / "kill.log").read_text()[-3000:])
+    assert not (dst / "audit" / "select.json").exists()
+
+    run_ok(args, tmp_path / "rerun.log")
+    index = check_output_dir(dst)
+    expected = check_output_dir(normal)
+    assert len(index) > 0 and sorted(index["key"]) == sorted(expected["key"])
+    assert span_table(dst) == span_table(normal)
+    sel = yaml.safe_load((dst / "audit" / "select.json").read_text())
+    assert sel["from_score_only"] is True and sel["kept_clips"] == len(index)
+    with tarfile.open(next((dst / "shards").glob("*.tar"))) as tf:
+        assert {n.name.split(".", 1)[1] for n in tf.getmembers()} >= {"mp4", "wav", "json", "pose.npz"}
+
+
+def test_select_from_score_only_takes_looser_thresholds(small_runs, tmp_path):
+    """Every clip of a score-only run was scored by every stage: no threshold needs a rerun there."""
+    so, _ = small_runs
+    p = run_cli("select", str(so), "--dry-run", "--set", "person.min_face_frac=0.0", "--set", "sync.min_speech_ratio=0")
+    assert "select: funnel before → after" in p.stdout

@@ -17,7 +17,7 @@ from curation.engine.output import OutputDir
 INDEX_COLUMNS = ["key", "shard", "source", "start_s", "end_s", "duration_s", "width", "height", "fps",
                  "n_frames", "audio_shift_frames"]
 NON_SCORE = set(INDEX_COLUMNS) | {"source_id", "clip_index", "status", "stage", "reason", "message",
-                                  "would_reject", "source_fps", "source_bytes", "audio_path_bytes"}
+                                  "would_reject", "source_fps", "source_bytes", "audio_path_bytes", "record_data"}
 
 
 def score_columns(clips: pd.DataFrame) -> list[str]:

@@ -120,6 +120,7 @@ class Store:
                 f.write(data)
             return
         path = Path(self._p(rel))
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         _fsync_write(tmp, data)
         os.replace(tmp, path)
@@ -147,6 +148,18 @@ class Store:
             return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == fs.FileType.File)
         try:
             return sorted(e.name for e in os.scandir(self._p(rel)) if e.is_file())
+        except FileNotFoundError:
+            return []
+
+    def list_dirs(self, rel: str) -> list[str]:
+        """Names of the directories directly in `rel` (object stores: the common prefixes)."""
+        if self.remote:
+            from pyarrow import fs
+
+            sel = fs.FileSelector(self._p(rel), allow_not_found=True, recursive=False)
+            return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == fs.FileType.Directory)
+        try:
+            return sorted(e.name for e in os.scandir(self._p(rel)) if e.is_dir())
         except FileNotFoundError:
             return []
 
@@ -220,7 +233,7 @@ class OutputDir:
         """Bring the directory back to its last commit; return what was removed."""
         removed = defaultdict(list)
         committed = set(self.committed_parts())
-        for d in ("shards", "audit/parts", "audit", ""):
+        for d in ("shards", *[f"shards/{x}" for x in self.store.list_dirs("shards")], "audit/parts", "audit", ""):
             for n in self.store.list(d):
                 if n.endswith(".tmp"):
                     self.store.delete(f"{d}/{n}" if d else n)
@@ -239,10 +252,13 @@ class OutputDir:
         """Every shard that no committed part names goes (a killed run's, a retried task's first try)."""
         named = self.committed_shard_names()
         gone = []
-        for n in self.store.list("shards"):
-            if SHARD_RE.match(n) and n not in named:
-                self.store.delete(f"shards/{n}")
-                gone.append(n)
+        # shards/ and, for a selection with tiers, shards/<tier>/
+        for d in ["", *self.store.list_dirs("shards")]:
+            for n in self.store.list(f"shards/{d}" if d else "shards"):
+                rel = f"{d}/{n}" if d else n
+                if SHARD_RE.match(n) and rel not in named:
+                    self.store.delete(f"shards/{rel}")
+                    gone.append(rel)
         return gone
 
     def committed_shard_names(self) -> set[str]:
@@ -327,7 +343,24 @@ def sample_json(rec: ClipRecord, manifest_name: str, fps: float, audio_rate: int
     }
 
 
-def clip_row(rec: ClipRecord, shard: str | None, fps: float) -> dict:
+def record_data_json(rec: ClipRecord) -> str:
+    """What the stages handed each other for this clip (face track, person box, audio shift) and its probe, as
+    JSON: a score-only run keeps it in its audit so that `curation select` can write the clips it selects
+    (the writing stages need it) without running the deciding stages again."""
+    import numpy as np
+
+    def plain(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        raise TypeError(f"{type(o).__name__} is not JSON")
+
+    data = {k: v for k, v in rec.data.items() if k != "tracebacks"}
+    return json.dumps({"data": data, "probe": rec.probe}, default=plain)
+
+
+def clip_row(rec: ClipRecord, shard: str | None, fps: float, keep_data: bool = False) -> dict:
     row = {
         "key": rec.key, "source": rec.source, "source_id": rec.source_id, "clip_index": rec.clip_index,
         "start_s": rec.start_s, "end_s": rec.end_s, "duration_s": rec.duration_s if rec.start_s is not None else None,
@@ -346,6 +379,8 @@ def clip_row(rec: ClipRecord, shard: str | None, fps: float) -> dict:
     for stage, (node, worker) in rec.where.items():
         row[f"node__{stage}"] = node
         row[f"worker__{stage}"] = worker
+    if keep_data and not rec.is_source:
+        row["record_data"] = record_data_json(rec)
     return row
 
 
@@ -375,7 +410,7 @@ def source_row(recs: list[ClipRecord], shards: list[str]) -> dict:
 # On the workers: kept clips packed into shards written straight to the output location
 
 # What of a record's `data` the driver still needs once its clip is in a shard (clip_row reads these).
-DRIVER_DATA = ("n_frames", "audio_shift_frames", "shard", "shard_bytes", "shard_sources")
+DRIVER_DATA = ("n_frames", "width", "height", "audio_shift_frames", "shard", "shard_bytes", "shard_sources")
 
 
 def pack_and_write(recs: list[ClipRecord], store: Store, manifest_name: str, fps: float, audio_rate: int,
@@ -387,15 +422,18 @@ def pack_and_write(recs: list[ClipRecord], store: Store, manifest_name: str, fps
     kept = [r for r in recs if r.status != REJECTED and not r.is_source and r.blobs]
     groups: list[list[ClipRecord]] = []
     size = 0
-    for r in kept:
+    # a clip with a tier (`curation select --tiers`) goes to shards/<tier>/, one group per tier
+    for r in sorted(kept, key=lambda r: r.labels.get("tier") or ""):
         rsize = sum(len(b) for b in r.blobs.values())
-        if not groups or len(groups[-1]) >= shard_max_samples or size + rsize > shard_max_bytes:
+        if (not groups or len(groups[-1]) >= shard_max_samples or size + rsize > shard_max_bytes
+                or groups[-1][0].labels.get("tier") != r.labels.get("tier")):
             groups.append([])
             size = 0
         groups[-1].append(r)
         size += rsize
     for g in groups:
-        name = new_shard_name()
+        tier = g[0].labels.get("tier")
+        name = f"{tier}/{new_shard_name()}" if tier else new_shard_name()
         data = pack_tar([(r.key, sample_json(r, manifest_name, fps, audio_rate), r.blobs) for r in g])
         store.write(f"shards/{name}", data)
         srcs = sorted({r.source for r in g})
@@ -424,6 +462,7 @@ class Committer:
     shard_max_bytes: int
     commit_every_sources: int
     write_shards: bool = True
+    keep_data: bool = False  # a score-only run: the clips' working data into the audit (record_data)
     _open: dict[str, list[ClipRecord]] = field(default_factory=dict)
     _complete: dict[str, list[ClipRecord]] = field(default_factory=dict)
     _shard_sources: dict[str, set[str]] = field(default_factory=dict)
@@ -525,7 +564,8 @@ class Committer:
                 shard_of[r.key] = r.data["shard"]
                 sizes[r.data["shard"]] = int(r.data.get("shard_bytes") or 0)
         # text_row: a file name that is not UTF-8 is kept reversibly (curation.engine.pathnames)
-        clips = pd.DataFrame([text_row(clip_row(r, shard_of.get(r.key), self.fps)) for g in groups for r in g])
+        clips = pd.DataFrame([text_row(clip_row(r, shard_of.get(r.key), self.fps, self.keep_data))
+                              for g in groups for r in g])
         clips["clip_index"] = clips["clip_index"].astype("Int64")  # null: a source-level row
         sources = pd.DataFrame([text_row(source_row(g, [shard_of[r.key] for r in g if r.key in shard_of]))
                                 for g in groups])

@@ -508,6 +508,67 @@ class RunResult:
     shard_bytes: int = 0
 
 
+@dataclass
+class Processed:
+    """What `process_windows` did: windows and sources run, what the driver received, the committer."""
+    committer: Committer
+    stats: StreamStats
+    windows: int = 0
+    sources: int = 0
+
+
+def process_windows(out: OutputDir, m: Manifest, wdir: str, windows, *, score_only: bool = False,
+                    address: str | None = None, num_cpus: int | None = None, only_stages: list[str] | None = None,
+                    on_window=None) -> Processed:
+    """Run the manifest's stages (or `only_stages` of them) over `windows`, an iterator of lists of source
+    records (ClipRecord: a source to start from, or the candidate clips of one source with everything the
+    stages before decided), and commit every source into `out` as its records come back. Ray starts with the
+    first window; a window's sources are all committed before the next is read (exact resume)."""
+    committer = Committer(out, m.name, m.video.fps, m.video.audio_rate, m.output.shard_max_samples,
+                          m.output.shard_max_bytes, m.output.commit_every_sources, write_shards=not score_only,
+                          keep_data=score_only)
+    write = m.stage("write")
+    pack = None if score_only else PackPlan(out.store, m.name, m.video.fps, m.video.audio_rate,
+                                            m.output.shard_max_samples, m.output.shard_max_bytes,
+                                            # a pack task holds a batch's bytes twice (the clips, the tar)
+                                            num_cpus=write.resources.num_cpus,
+                                            memory_gb=2 * m.output.shard_max_bytes / 2**30)
+    done = Processed(committer, StreamStats())
+    plans = run_id = None
+    try:
+        for records in windows:
+            if plans is None:
+                import ray
+
+                init_ray(address, num_cpus)
+                nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+                plans = plan_stages(m, wdir, score_only, ray.cluster_resources(), max(1, nodes))
+                if only_stages is not None:
+                    plans = [pl for pl in plans if pl.name in only_stages]
+                run_id = uuid.uuid4().hex[:16]
+            n_src = len({r.source for r in records})
+            if on_window is not None:
+                on_window(done.windows, records)
+            progress.add_sources(n_src)
+            done.windows += 1
+            done.sources += n_src
+            stream_into(committer, records, plans, run_id, pack, done.stats)
+            committer.commit()  # a window's sources all committed before the next is read
+        committer.close()
+    finally:
+        if run_id:
+            with contextlib.suppress(Exception):
+                from ray.experimental import internal_kv
+
+                internal_kv._internal_kv_del(b"", del_by_prefix=True, namespace=f"talkcurate-{run_id}")
+    if run_id:
+        # Shards of tasks whose results never reached a commit (a retried task's first try, a lost block).
+        orphans = out.delete_orphan_shards()
+        if orphans:
+            log.info("removed %d shard(s) of retried or lost tasks", len(orphans))
+    return done
+
+
 def run(input_path: str, output: str, manifest: str | Manifest | None = None, address: str | None = None,
         limit: int | None = None, score_only: bool = False, weights: str | None = None,
         num_cpus: int | None = None, on_window=None) -> RunResult:
@@ -528,58 +589,25 @@ def run(input_path: str, output: str, manifest: str | Manifest | None = None, ad
     sweep_stale_temp_dirs()
     done = out.finished_sources()
     run_rec = runlog.begin(out, t0, None)  # sources are counted window by window (the listing streams)
-    committer = Committer(out, m.name, m.video.fps, m.video.audio_rate, m.output.shard_max_samples,
-                          m.output.shard_max_bytes, m.output.commit_every_sources, write_shards=not score_only)
-    write = m.stage("write")
-    pack = None if score_only else PackPlan(out.store, m.name, m.video.fps, m.video.audio_rate,
-                                            m.output.shard_max_samples, m.output.shard_max_bytes,
-                                            # a pack task holds a batch's bytes twice (the clips, the tar)
-                                            num_cpus=write.resources.num_cpus,
-                                            memory_gb=2 * m.output.shard_max_bytes / 2**30)
-    stats = StreamStats()
-    new = windows = 0
     counts: dict = {}
-    plans = run_id = None
 
     def chain():
         if first is not None:
             yield first
         yield from listing
 
-    try:
-        for window in _windows(chain(), done, m.run.window_sources, limit, counts):
-            if plans is None:
-                import ray
-
-                init_ray(address, num_cpus)
-                nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-                plans = plan_stages(m, wdir, score_only, ray.cluster_resources(), max(1, nodes))
-                run_id = uuid.uuid4().hex[:16]
-            if on_window is not None:
-                on_window(windows, window)
-            progress.add_sources(len(window))
-            windows += 1
-            new += len(window)
-            stream_into(committer, [ClipRecord.for_source(p, a) for p, a in window], plans, run_id, pack, stats)
-            committer.commit()  # a window's sources all committed before the next is read
-        committer.close()
-    finally:
-        if run_id:
-            with contextlib.suppress(Exception):
-                from ray.experimental import internal_kv
-
-                internal_kv._internal_kv_del(b"", del_by_prefix=True, namespace=f"talkcurate-{run_id}")
-    if run_id:
-        # Shards of tasks whose results never reached a commit (a retried task's first try, a lost block).
-        orphans = out.delete_orphan_shards()
-        if orphans:
-            log.info("removed %d shard(s) of retried or lost tasks", len(orphans))
+    windows = ([ClipRecord.for_source(p, a) for p, a in w]
+               for w in _windows(chain(), done, m.run.window_sources, limit, counts))
+    res = process_windows(out, m, wdir, windows, score_only=score_only, address=address, num_cpus=num_cpus,
+                          on_window=None if on_window is None else (
+                              lambda n, recs: on_window(n, [(r.source, r.audio_path) for r in recs])))
+    committer, stats = res.committer, res.stats
     skipped = counts.get("skipped", 0)
     wall = time.time() - t0
-    run_rec.end({"new_sources": new, "skipped_sources": skipped, "score_only": score_only,
+    run_rec.end({"new_sources": res.sources, "skipped_sources": skipped, "score_only": score_only,
                  "address": address or os.environ.get("RAY_ADDRESS") or "local", "manifest": m.name,
-                 "windows": windows, "driver_records": stats.records, "driver_bytes_received": stats.bytes_received,
+                 "windows": res.windows, "driver_records": stats.records, "driver_bytes_received": stats.bytes_received,
                  "shard_bytes": committer.shard_bytes, "argv": sys.argv})
     fun = consolidate(output if out.remote else out.root, [s.name for s in m.enabled_stages()])
-    return RunResult(out.uri, new, skipped, committer.committed_clips, wall, fun, recovered, windows,
+    return RunResult(out.uri, res.sources, skipped, committer.committed_clips, wall, fun, recovered, res.windows,
                      stats.bytes_received, committer.shard_bytes)

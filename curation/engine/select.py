@@ -606,13 +606,93 @@ def _sources_table(src_root: Path, clips: pd.DataFrame) -> pd.DataFrame:
     return sources
 
 
+def _nan_to_none(v):
+    if v is None:
+        return None
+    try:
+        return None if pd.isna(v) else v
+    except (TypeError, ValueError):
+        return v
+
+
+def _record_windows(src: Source, clips: pd.DataFrame, done: set[str], window: int, rerun: tuple[str, ...]):
+    """Lists of ClipRecords rebuilt from a score-only run's audit, one source's records together, `window`
+    sources a list, the sources already committed in DST left out. A clip keeps what the stages before
+    decided and handed on (its face track, person box, audio shift: `record_data`), its scores and labels, and
+    the new decision; the stages in `rerun` run on it again, with their own time."""
+    from curation.engine import thresholds
+    from curation.engine.pathnames import original_column
+    from curation.engine.record import CANDIDATE, REJECTED, ClipRecord
+
+    if "record_data" not in clips:
+        raise SelectError(f"{src.root} is a --score-only run made before score-only runs kept their clips' working "
+                          "data (audit record_data): run it again with --score-only to select from it")
+    declared = (thresholds.read(src.root / "audit") or {}).get("scores", [])
+    numbers = [d["score"] for d in declared if d["type"] == "number" and d["score"] in clips]
+    labels = [d["score"] for d in declared if d["type"] == "label" and d["score"] in clips]
+    sources = pd.read_parquet(src.root / "audit" / "sources.parquet")
+    audio_of = dict(zip(original_column(sources, "source"), original_column(sources, "audio_path")))
+    probe_cols = [c for c in sources.columns if c.startswith("probe_")]
+    probe_of = {s: {c[len("probe_"):]: _nan_to_none(v) for c, v in zip(probe_cols, row)}
+                for s, row in zip(original_column(sources, "source"), sources[probe_cols].itertuples(index=False))}
+    clips = clips.assign(_source=original_column(clips, "source"))
+    timing = [c for c in clips.columns if c.startswith(("wall_s__", "cpu_s__", "node__", "worker__"))]
+    batch: list = []
+    n_src = 0
+    for source, rows in clips.groupby("_source", sort=False):
+        if source in done:
+            continue
+        recs = []
+        for row in rows.to_dict("records"):
+            idx = _nan_to_none(row.get("clip_index"))
+            kept = row["status"] == "kept"
+            rec = ClipRecord(key=row["key"], source=source, source_id=row["source_id"], audio_path=audio_of.get(source),
+                             clip_index=None if idx is None else int(idx), n_siblings=len(rows),
+                             start_s=_nan_to_none(row.get("start_s")), end_s=_nan_to_none(row.get("end_s")),
+                             status=CANDIDATE if kept else REJECTED, stage=None if kept else row["stage"],
+                             reason=None if kept else row["reason"], message=None if kept else row["message"])
+            blob = _nan_to_none(row.get("record_data"))
+            if blob:
+                saved = json.loads(blob)
+                rec.data, rec.probe = saved["data"], saved["probe"]
+            else:
+                rec.probe = dict(probe_of.get(source, {}))
+            rec.scores = {k: (None if _nan_to_none(row[k]) is None else float(row[k])) for k in numbers}
+            rec.labels = {k: _nan_to_none(row[k]) for k in labels}
+            if kept and _nan_to_none(row.get("tier")):
+                rec.labels["tier"] = row["tier"]
+            for c in timing:
+                kind, stage = c.split("__", 1)
+                v = _nan_to_none(row[c])
+                if v is None or stage in rerun:
+                    continue
+                if kind in ("wall_s", "cpu_s"):
+                    rec.timings.setdefault(stage, [0.0, 0.0])[0 if kind == "wall_s" else 1] = float(v)
+                else:
+                    rec.where.setdefault(stage, ["", ""])[0 if kind == "node" else 1] = str(v)
+            recs.append(rec)
+        batch.extend(recs)
+        n_src += 1
+        if n_src >= window:
+            yield batch
+            batch, n_src = [], 0
+    if batch:
+        yield batch
+
+
 def write_selection(src: Source, raw: dict, res: SelectResult, dst: str | Path, spec: dict,
-                    tier_params: dict[str, dict]) -> Path:
-    """Write DST as an output directory of its own: shards, index, audit (one commit), thresholds, a pointer
-    to SRC. Safe to interrupt: a rerun of the same command removes what no commit names and writes again."""
-    import os
+                    tier_params: dict[str, dict], *, weights: str | None = None, address: str | None = None,
+                    num_cpus: int | None = None) -> Path:
+    """Write DST as an output directory of its own: shards, index, audit, thresholds, a pointer to SRC.
+
+    From a normal run the kept clips' samples are copied byte for byte (one commit). From a --score-only run
+    the selected clips run the stages that make sample files (skeleton, write) on Ray, as `curation run` does,
+    committed source by source. Safe to interrupt either way: the same command again resumes (what no commit
+    names is removed, committed sources are not run again)."""
     import time
 
+    from curation.engine import runlog
+    from curation.engine import thresholds as th
     from curation.engine.audit import consolidate
     from curation.engine.output import OutputDir
 
@@ -620,7 +700,7 @@ def write_selection(src: Source, raw: dict, res: SelectResult, dst: str | Path, 
     root = Path(dst)
     out = OutputDir(root)
     digest = _spec_digest(spec)
-    marker = out.audit / "select.json"
+    marker, pending = out.audit / "select.json", out.audit / "select.pending.json"
     if root.resolve() == src.root.resolve():
         raise SelectError("--out must be another directory than SRC")
     if marker.exists():
@@ -628,38 +708,47 @@ def write_selection(src: Source, raw: dict, res: SelectResult, dst: str | Path, 
         if done.get("digest") == digest:
             return root  # already made by the same selection
         raise SelectError(f"{root} holds another selection ({done.get('argv')}); choose a new --out")
-    if out.parts.is_dir() and out.committed_parts():
-        raise SelectError(f"{root} is an output directory already (committed parts, no select.json): choose a new --out")
-    if root.exists() and any(p for p in root.iterdir() if p.name not in ("shards", "audit", "manifest.yaml")):
-        raise SelectError(f"{root} exists and is not an interrupted selection: choose a new --out")
+    if pending.exists():
+        if json.loads(pending.read_text()).get("digest") != digest:
+            raise SelectError(f"{root} holds an interrupted selection of other thresholds; choose a new --out")
+    elif root.exists() and any(root.iterdir()):
+        raise SelectError(f"{root} exists and is not empty: choose a new --out")
     out.create()
+    out.write_atomic(pending, json.dumps({"digest": digest, "argv": spec.get("argv")}).encode())
     out.recover()
-    from curation.engine import runlog
-
     run = runlog.begin(out, t0)
-    for p in sorted(out.shards.rglob("*.tar"), reverse=True):  # nothing is committed yet: start clean
-        p.unlink()
     out.write_atomic(root / "manifest.yaml", yaml.safe_dump(raw, sort_keys=False).encode())
+    m = load_raw_manifest(raw, str(root / "manifest.yaml"))
+    stages = list(src.stages) + ([SELECT_STAGE] if spec.get("where") or spec.get("tiers") else [])
     clips = res.clips.copy()
     if src.score_only:
-        raise SelectError("writing a selection from a --score-only run runs the write stages: use "
-                          "`curation select` from a build with that support")
-    ocfg = raw.get("output", {}) or {}
-    shard_of = repack(src, clips, out.shards, int(ocfg.get("shard_max_samples", 256)),
-                      int(ocfg.get("shard_max_bytes", 1_000_000_000)))
-    clips["shard"] = clips["key"].map(shard_of)
-    sources = _sources_table(src.root, clips)
-    out.commit(0, {}, clips, sources)
-    from curation.engine import thresholds
+        from curation.engine.ingest import absolute_path
+        from curation.engine.pipeline import process_windows
+        from curation.engine.preflight import preflight
+        from curation.weights import weights_dir
 
-    thresholds.write(out, load_raw_manifest(raw, str(root / "manifest.yaml")))
-    stages = list(src.stages) + ([SELECT_STAGE] if spec.get("where") or spec.get("tiers") else [])
+        rerun = tuple(s for s in ("skeleton", "write") if s in src.stages)
+        wdir = absolute_path(str(weights_dir(weights)))
+        preflight(m, wdir, str(root))
+        windows = _record_windows(src, clips, out.finished_sources(), m.run.window_sources, rerun)
+        process_windows(out, m, wdir, windows, address=address, num_cpus=num_cpus, only_stages=list(rerun))
+    elif not out.committed_parts():
+        for p in sorted(out.shards.rglob("*.tar"), reverse=True):  # nothing is committed yet: start clean
+            p.unlink()
+        shard_of = repack(src, clips, out.shards, m.output.shard_max_samples, m.output.shard_max_bytes)
+        clips["shard"] = clips["key"].map(shard_of)
+        out.commit(0, {}, clips, _sources_table(src.root, clips))
+    tables = th.table(m)
+    tables["hard_reasons"] += [
+        {"stage": SELECT_STAGE, "reason": "where", "doc": "`curation select --where`: the clip fails the expression"},
+        {"stage": SELECT_STAGE, "reason": "no_tier", "doc": "`curation select --tiers`: the clip meets no tier"}]
+    out.write_atomic(out.audit / th.FILE, (json.dumps(tables, indent=2) + "\n").encode())
     run.end({"select": True, "score_only": False, "source": str(src.root.resolve()), "argv": spec.get("argv")})
     consolidate(root, stages)
     info = {"digest": digest, "source": str(src.root.resolve()), "argv": spec.get("argv"), "sets": spec.get("sets"),
             "manifest": spec.get("manifest"), "where": spec.get("where"), "tiers": tier_params and list(tier_params),
             "tier_params": tier_params, "stages": stages, "missing_measurements": res.missing,
-            "kept_clips": int(clips["status"].eq("kept").sum())}
+            "from_score_only": src.score_only, "kept_clips": int(clips["status"].eq("kept").sum())}
     out.write_atomic(marker, json.dumps(info, indent=2, default=str).encode())  # the selection's end
-    os.sync()
+    pending.unlink()
     return root
