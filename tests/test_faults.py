@@ -1,6 +1,6 @@
 """Faults (issue 8): kill -9 of the driver, workers that die or hang, stages that raise, and a corpus of bad
 inputs. Real `curation run` subprocesses on a real local Ray; faults are injected into real workers through
-CURATION_FAULTS (stages/base.py), never mocked."""
+CURATION_FAULTS (curation/engine/faults.py), never mocked."""
 
 from __future__ import annotations
 
