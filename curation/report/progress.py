@@ -91,12 +91,16 @@ class Stats:
         rate = (self.done_sources - 1) / max(1e-6, time.time() - self.t_first)
         return (self.n_sources - self.done_sources) / rate
 
-    def line(self) -> str:
+    def rates(self) -> str:
+        return " ".join(f"{st} {self.stage_footage[st] / c:.1f}x" for st, c in self.stage_cpu.items() if c > 0)
+
+    def short(self) -> str:
         eta = self.eta_s()
-        rates = " ".join(f"{st} {self.stage_footage[st] / c:.1f}x" for st, c in self.stage_cpu.items() if c > 0)
         return (f"sources {self.done_sources}/{self.n_sources} | clips {self.clips}, kept {self.kept} "
-                f"({_fmt_s(self.kept_s)}) | footage-s per CPU-s: {rates or '-'} | elapsed "
-                f"{_fmt_s(time.time() - self.t0)}, ETA {'-' if eta is None else _fmt_s(eta)}")
+                f"({_fmt_s(self.kept_s)}) | {_fmt_s(time.time() - self.t0)}, ETA {'-' if eta is None else _fmt_s(eta)}")
+
+    def line(self) -> str:
+        return f"{self.short()} | footage-s per CPU-s: {self.rates() or '-'}"
 
 
 class _Tee(threading.Thread):
@@ -128,7 +132,6 @@ class Session:
         self.saved: dict[int, int] = {}
         self.console = None
         self.live = None
-        self.task = None
         self.log_path: Path | None = None
         self._tee: _Tee | None = None
         self._log = None
@@ -147,12 +150,10 @@ class Session:
         term = os.fdopen(os.dup(self.saved.get(1, 1)), "w", buffering=1, encoding="utf-8", errors="replace")
         self.console = Console(file=term, width=None if term.isatty() else 160, log_path=False)
         if self.console.is_terminal:
-            from rich.progress import BarColumn, Progress, TextColumn
+            from rich.live import Live
 
-            self.live = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
-                                 TextColumn("{task.fields[info]}"), console=self.console, transient=False,
-                                 refresh_per_second=2, redirect_stdout=False, redirect_stderr=False)
-            self.task = self.live.add_task("curation run", total=max(1, self.stats.n_sources), info="")
+            self.live = Live(self._renderable(), console=self.console, transient=False, refresh_per_second=2,
+                             redirect_stdout=False, redirect_stderr=False)
             self.live.start()
 
     def output_ready(self, root: Path, n_sources: int | None) -> None:
@@ -179,6 +180,20 @@ class Session:
         self._ticker = threading.Thread(target=self._tick, daemon=True, name="talkcurate-progress")
         self._ticker.start()
 
+    def _renderable(self):
+        """Two lines for a terminal: a bar with sources, clips, kept footage, time and ETA; the stage rates."""
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        st = self.stats
+        row = Table.grid(padding=(0, 1))
+        row.add_row(ProgressBar(total=max(1, st.n_sources), completed=st.done_sources, width=20),
+                    Text(st.short(), overflow="ellipsis", no_wrap=True))
+        rates = Text("footage-s per CPU-s: " + (st.rates() or "-"), style="dim", overflow="ellipsis", no_wrap=True)
+        return Group(row, rates)
+
     def _tick(self) -> None:
         while not self._stop.wait(1.0 if self.live is not None else 5.0):
             self.refresh()
@@ -196,7 +211,7 @@ class Session:
         if self.console is None:
             return
         if self.live is not None:
-            self.live.update(self.task, completed=self.stats.done_sources, info=self.stats.line())
+            self.live.update(self._renderable())
         else:
             st = self.stats
             step = (5 * st.done_sources) // max(1, st.n_sources)
@@ -214,7 +229,7 @@ class Session:
             self._ticker.join(timeout=10)
         if self.console is not None:
             if self.live is not None:
-                self.live.update(self.task, completed=self.stats.done_sources, info=self.stats.line())
+                self.live.update(self._renderable())
                 self.live.stop()
             elif self.stats.done_sources:
                 self.console.print("done:     " + self.stats.line(), soft_wrap=True)
