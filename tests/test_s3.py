@@ -134,7 +134,7 @@ def test_s3_input_and_output_kill_9_and_readers(s3, tmp_path):
     text = run_ok(["report", "s3://talk/out"], tmp_path / "report.log", env=cache)
     assert "kept" in text and "report:" in text
     shard = sorted(index["shard"])[0]
-    text = run_ok(["inspect", f"s3://talk/out/shards/{shard}"], tmp_path / "inspect.log", env=cache)
+    text = run_ok(["inspect", "--json", f"s3://talk/out/shards/{shard}"], tmp_path / "inspect.log", env=cache)
     assert sorted(index.loc[index["shard"] == shard, "key"])[0] in text
     run_ok(["export-talkverse", "s3://talk/out", str(tmp_path / "export")], tmp_path / "export.log", env=cache)
     meta = pd.read_csv(tmp_path / "export" / "meta.csv")
