@@ -326,6 +326,7 @@ def _index_cols(out: Path) -> pd.DataFrame:
     return idx[cols].sort_values("key").reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_three_node_run_equals_a_local_run(cluster, cluster_input, local_reference):
     nodes = [n for n in cluster.nodes() if n["alive"]]
     assert len(nodes) == 3, nodes
@@ -370,6 +371,7 @@ def test_three_node_run_equals_a_local_run(cluster, cluster_input, local_referen
     assert run["address"] == cluster.address
 
 
+@pytest.mark.slow
 def test_a_worker_node_dying_mid_run_loses_nothing(cluster, cluster_input, local_reference, tmp_path):
     """The raylet of one worker node killed while the pipeline's actors run on it: Ray retries the node's tasks
     and restarts its actors elsewhere; the run ends with the uninterrupted run's index."""

@@ -81,6 +81,7 @@ def _parts(s3fs, prefix: str) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_s3_input_and_output_kill_9_and_readers(s3, tmp_path):
     s3fs, env = s3
     s3fs.create_dir("talk")

@@ -299,7 +299,8 @@ def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict, 
             initial = max(initial, min(int(res.concurrency[1]), nodes))
         plans.append(StagePlan(spec.name, manifest.params(spec.name).model_dump(), res, cls.uses_models, ctx,
                                initial))
-    demand = sum(p.resources.num_cpus * (p.resources.concurrency[0] if p.uses_models else 1) for p in plans)
+    # the pools as they start (one actor per node for `auto`), and one task of every task stage
+    demand = sum(p.resources.num_cpus * (p.initial if p.uses_models else 1) for p in plans)
     if demand > cpus:
         factor = cpus / demand
         log.warning("stages ask for %.2f CPUs at minimum, the cluster has %.0f: scaling CPU requests by %.2f",
