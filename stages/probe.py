@@ -49,8 +49,7 @@ class ProbeStage(Stage):
             self.reject(rec, "no_audio", "no audio stream" + (f" in {rec.audio_path}" if rec.audio_path else ""))
         elif info.duration_s <= 0 or info.duration_s > p.max_duration_s or info.fps <= 0:
             self.reject(rec, "unreadable", f"implausible duration {info.duration_s:g} s or fps {info.fps:g}")
-        elif min(info.width, info.height) < p.min_side_px:
+        else:  # both recorded for every probed source (its clips carry them: `curation select` re-decides on them)
             self.check(rec, "source_short_side_px", min(info.width, info.height))
-        elif info.duration_s < p.min_duration_s:
             self.check(rec, "source_duration_s", info.duration_s)
         return rec

@@ -167,6 +167,10 @@ FAST = {
     "test_cluster.py": {"test_cluster_launcher_config_is_valid", "test_gpu_requests_fitted_to_the_cluster"},
     "test_export.py": {"test_export_refuses_what_has_no_clips"},
     "test_faults.py": {"test_stage_time_limit_on_main_and_worker_threads"},
+    "test_select_decide.py": {"test_same_thresholds_give_the_same_decisions",
+                              "test_stricter_rejects_kept_clips_at_the_right_stage",
+                              "test_looser_names_the_clips_that_need_a_rerun", "test_score_only_run_takes_any_threshold",
+                              "test_where_rejects_at_select", "test_parse_sets"},
 }
 
 
