@@ -170,7 +170,8 @@ FAST = {
     "test_select_decide.py": {"test_same_thresholds_give_the_same_decisions",
                               "test_stricter_rejects_kept_clips_at_the_right_stage",
                               "test_looser_names_the_clips_that_need_a_rerun", "test_score_only_run_takes_any_threshold",
-                              "test_where_rejects_at_select", "test_parse_sets"},
+                              "test_where_rejects_at_select", "test_parse_sets",
+                              "test_score_only_unchanged_bound_keeps_the_runs_verdict"},
 }
 
 

@@ -81,3 +81,17 @@ def test_parse_sets():
                                                                                "person.face_backend": "scrfd"}
     with pytest.raises(SelectError):
         parse_sets(["min_conf=0.5"])
+
+
+def test_score_only_unchanged_bound_keeps_the_runs_verdict():
+    """A bound the run applied unchanged: its verdict (would_reject) stands, also where the stage recorded no
+    value (a check it applies only when it measures); a changed bound is decided on the values."""
+    applied = [Check(c.stage, c.score, c.key, c.direction, c.reason, False, BOUNDS[(c.stage, c.key)]) for c in CHECKS]
+    rows = [("a", "A", 0, 8.0, "kept", None, None, None, 1.0, 0.0, np.nan, None),   # sync not measured, passed
+            ("b", "B", 0, 8.0, "kept", None, None, None, 1.0, 0.0, 0.1, None)]     # would be low_sync_conf
+    src = Source(root=None, clips=_clips(rows).assign(would_reject=[None, "sync:low_sync_conf"]), checks=applied,
+                 stages=STAGES, manifest_raw={}, score_only=True)
+    d = decide(src, Selection(CHECKS, dict(BOUNDS)))
+    assert list(d.status) == ["kept", "rejected"] and d.reason[1] == "low_sync_conf" and d.missing == {}
+    d = decide(src, Selection(CHECKS, {**BOUNDS, ("sync", "min_conf"): 0.05}))
+    assert list(d.status) == ["rejected", "kept"] and d.missing == {"sync_conf": 1}

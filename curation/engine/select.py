@@ -233,6 +233,12 @@ def decide(src: Source, sel: Selection) -> Decision:
     src_stage_idx = np.where(src_rejected, src_stage_idx, INF)
     th = _threshold_reasons(src.checks)
     src_bounds = {(c.stage, c.key): c.bound for c in src.checks}
+    changed_reasons = {(c.stage, c.reason) for c in sel.checks
+                       if src_bounds.get((c.stage, c.key), object()) != sel.bounds.get((c.stage, c.key))}
+    wr = (clips["would_reject"].fillna("").astype(str) if "would_reject" in clips
+          else pd.Series("", index=clips.index))
+    would = {(c.stage, c.reason): wr.str.contains(rf"(?:^|;){re.escape(c.stage)}:{re.escape(c.reason)}(?:;|$)",
+                                                  regex=True).to_numpy(dtype=bool) for c in sel.checks}
     by_threshold = np.array([(s, r) in th for s, r in zip(clips["stage"], clips["reason"])], dtype=bool) & src_rejected
     # A rejected clip stopped at its stage (in a score-only run only a hard check or reason stops a clip).
     reached_all = ~src_rejected
@@ -256,12 +262,18 @@ def decide(src: Source, sel: Selection) -> Decision:
         col = clips[c.score] if c.score in clips else pd.Series(np.nan, index=clips.index)
         vals = pd.to_numeric(col, errors="coerce")
         ran = last_idx >= i  # the clip was scored by this stage
-        # A bound the run applied unchanged needs no new decision on a clip that passed it there (in a
-        # score-only run only hard checks were applied): the run's verdict stands, recorded score or not.
-        if (c.stage, c.key) in src_bounds and src_bounds[(c.stage, c.key)] == bound and (c.hard or not src.score_only):
-            ran = ran & ~(src_stage_idx > i)
         present = vals.notna().to_numpy()
         ok = c.passes(vals, bound).to_numpy()
+        # A bound the run applied unchanged needs no new decision: the run's verdict stands, recorded score or
+        # not (a stage may apply a check only when it measures, e.g. the aesthetic score without CLIP weights).
+        # In a normal run (and for a hard check) a clip that went past the stage passed it; in a score-only run
+        # a threshold's verdict is `would_reject` (stage:reason), unless another bound of that reason changed.
+        if (c.stage, c.key) in src_bounds and src_bounds[(c.stage, c.key)] == bound:
+            if c.hard or not src.score_only:
+                ran = ran & ~(src_stage_idx > i)
+            elif (c.stage, c.reason) not in changed_reasons:
+                ok = ~would[(c.stage, c.reason)]
+                present = np.ones(n, dtype=bool)
         undecided = new_idx > i
         # At the stage that stopped a clip, a score it lacks was never measured (the stage stopped first):
         # no verdict on it; a rerun decides (for a threshold stop) or the run's hard reason stands.
