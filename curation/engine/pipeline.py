@@ -299,12 +299,16 @@ def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict, 
             initial = max(initial, min(int(res.concurrency[1]), nodes))
         plans.append(StagePlan(spec.name, manifest.params(spec.name).model_dump(), res, cls.uses_models, ctx,
                                initial))
-    # the pools as they start (one actor per node for `auto`), and one task of every task stage
-    demand = sum(p.resources.num_cpus * (p.initial if p.uses_models else 1) for p in plans)
-    if demand > cpus:
-        factor = cpus / demand
-        log.warning("stages ask for %.2f CPUs at minimum, the cluster has %.0f: scaling CPU requests by %.2f",
-                    demand, cpus, factor)
+    # What one node must hold as the run starts: its share of the pools (one actor per node for `auto`) and
+    # one task of every task stage beside them. Fitted per node, not cluster-wide: a cluster whose total fits
+    # but whose nodes are each filled by actors leaves no node a task can be placed on.
+    nodes = max(1, nodes)
+    node_cpus = cpus / nodes
+    demand = sum(p.resources.num_cpus * (p.initial / nodes if p.uses_models else 1) for p in plans)
+    if demand > node_cpus:
+        factor = node_cpus / demand
+        log.warning("stages ask for %.2f CPUs per node at minimum, a node has %.2g: scaling CPU requests by %.2f",
+                    demand, node_cpus, factor)
         for p in plans:
             p.resources.num_cpus = round(p.resources.num_cpus * factor, 3)
     log.info("pools: %s", ", ".join(f"{p.name} {p.resources.concurrency[0]}-{p.resources.concurrency[1]} "
