@@ -264,7 +264,9 @@ def test_audio_shift_at_30_fps(footage, weights_dir, tmp_path):
            "-c:a", "aac", str(delayed))
     ctx = StageContext(weights_dir=str(weights_dir), fps=30.0, video={"crf": 20, "preset": "veryfast"})
     person = PersonStage(m.params("person"), ctx)
-    sync = SyncStage(m.params("sync").model_copy(update={"max_abs_offset": 15}), ctx)
+    # this test is about counting the shift in frames of the video rate, not about when the evidence allows
+    # shifting (landmarks_shift_min_conf, tests/test_sync.py): every confident-enough offset is shifted here
+    sync = SyncStage(m.params("sync").model_copy(update={"max_abs_offset": 15, "landmarks_shift_min_conf": 0.0}), ctx)
     (rec,) = person.process([clip_record(delayed, 1.0, 7.0)])
     (rec,) = sync.process([rec])
     person.close()

@@ -350,9 +350,12 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str
         if p.uses_models:
             ds = ds.map_batches(StageActor, fn_constructor_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
                                                                        run_id=run_id),
+                                # one batch at a time per actor: a model actor works through its batch anyway, so a
+                                # batch queued behind it would wait while another actor of the pool is idle
                                 compute=ray.data.ActorPoolStrategy(min_size=r.concurrency[0],
                                                                    max_size=int(r.concurrency[1]),
-                                                                   initial_size=p.initial),
+                                                                   initial_size=p.initial,
+                                                                   max_tasks_in_flight_per_actor=1),
                                 **common)
         else:
             ds = ds.map_batches(run_stage_task, fn_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
