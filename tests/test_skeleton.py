@@ -529,7 +529,7 @@ def test_dwpose_backend_with_tiny_onnx_models(person, footage, tmp_path):
         stage.close()
     k, box = arrays["keypoints_info"][:, 0], arrays["person_bbox_xyxy"]
     assert k.shape == (20, 133, 3) and rec.labels["pose_backend"] == "dwpose"
-    cx, cy, cw, ch = person_crop(rec, SkeletonParams().crop_margin)
+    cx, cy, cw, ch = person_crop(rec, SkeletonParams().crop_margin, SkeletonParams().crop_top_margin)
     fw, fh = output_size(cw, ch, min(512, cw), min(512, ch))
     r = 640 / max(fw, fh)  # letterbox ratio of the working frame into 640 x 640
     s = np.array([cw / fw, ch / fh])
