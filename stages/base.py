@@ -88,6 +88,7 @@ class Params(BaseModel):
 # Every stage may reject with these; they are documented once here.
 GENERIC_HARD_REASONS: dict[str, str] = {
     "unreadable": "the media could not be decoded (ffmpeg or the decoder failed, or no frame came out)",
+    "too_large": "the source's frames are too large to decode within the stage's memory request (resources.memory_gb)",
     "error:{stage}": "the stage raised an exception on this clip (message and traceback in the audit)",
     "timeout:{stage}": "the clip overran the stage's per-clip time limit (resources.timeout_s)",
 }

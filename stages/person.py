@@ -175,7 +175,7 @@ class PersonStage(Stage):
 
         p = self.params
         self._faces = make_face_detector(p.face_backend, self.weight(self.required_weights(p)[0]), p.face_score,
-                                         threads=p.threads, scrfd_input=p.scrfd_input)
+                                         threads=p.threads, scrfd_input=p.scrfd_input, use_gpu=self.ctx.use_gpu)
         if p.body_check:
             from curation.perception.bodies import PoseBodies
 

@@ -199,9 +199,19 @@ def _stamp(stage_name: str, recs: list[ClipRecord], place: tuple[str, str]) -> l
     return recs
 
 
-def run_stage_task(batch: dict, stage_name: str, params: dict, ctx: StageContext, run_id: str | None = None) -> dict:
+def set_decode_memory(memory_gb: float | None) -> None:
+    """Before each batch: the stage's memory request (resources.memory_gb), which bounds what a decode in this
+    worker may take (curation.media.frames.set_memory_request)."""
+    from curation.media import frames
+
+    frames.set_memory_request(int(memory_gb * 2**30) if memory_gb else None)
+
+
+def run_stage_task(batch: dict, stage_name: str, params: dict, ctx: StageContext, run_id: str | None = None,
+                   memory_gb: float | None = None) -> dict:
     """A stage without models, as a Ray task: cheap to build per batch."""
     _sweep_once()
+    set_decode_memory(memory_gb)
     cls = stage_class(stage_name)
     stage = cls(cls.Params.model_validate(params), ctx)
     out = _batch(_stamp(stage_name, process_batch(stage, _records(batch), run_id), _worker_place(False)))
@@ -223,14 +233,17 @@ def run_pack_task(batch: dict, store: Store, manifest_name: str, fps: float, aud
 class StageActor:
     """A stage with models, as a Ray actor: built (models loaded) once, then fed batches."""
 
-    def __init__(self, stage_name: str, params: dict, ctx: StageContext, run_id: str | None = None):
+    def __init__(self, stage_name: str, params: dict, ctx: StageContext, run_id: str | None = None,
+                 memory_gb: float | None = None):
         _sweep_once()
         cls = stage_class(stage_name)
         self.stage = cls(cls.Params.model_validate(params), ctx)
         self.run_id = run_id
+        self.memory_gb = memory_gb
         self.place = _worker_place(True)
 
     def __call__(self, batch: dict) -> dict:
+        set_decode_memory(self.memory_gb)
         out = _batch(_stamp(self.stage.name, process_batch(self.stage, _records(batch), self.run_id), self.place))
         release_free_heap()
         return out
@@ -277,7 +290,7 @@ def auto_pool_max(res: Resources, cluster: dict) -> int:
 def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict, nodes: int = 1) -> list[StagePlan]:
     """Per-stage resources from the manifest, fitted to the cluster: GPU requests are dropped where the
     cluster has no GPU, a pool maximum of `auto` becomes what the cluster holds (auto_pool_max) and the pool
-    starts with one actor per node (`nodes`, at most that maximum; Ray Data spreads them), and CPU
+    keeps at least one actor per node (`nodes`, at most that maximum; Ray Data spreads them), and CPU
     requests are scaled down when the stages' minimum pools would not all fit at once (on a 2-core machine a
     whole CPU per actor would starve the rest of the pipeline)."""
     cpus = float(cluster.get("CPU", 1.0))
@@ -296,7 +309,11 @@ def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict, 
                            use_gpu=res.num_gpus > 0)
         initial = res.concurrency[0]
         if cls.uses_models and spec.resources.concurrency[1] == "auto":
+            # One actor per node at least, for the whole run: Ray Data places a pool's actors spread over the
+            # nodes (its default scheduling strategy), and an idle pool shrinks to its minimum, so a pool of
+            # minimum 1 on a cluster ends up on one node however many the cluster has.
             initial = max(initial, min(int(res.concurrency[1]), nodes))
+            res.concurrency = (initial, res.concurrency[1])
         plans.append(StagePlan(spec.name, manifest.params(spec.name).model_dump(), res, cls.uses_models, ctx,
                                initial))
     # What one node must hold as the run starts: its share of the pools (one actor per node for `auto`) and
@@ -311,9 +328,32 @@ def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict, 
                     demand, node_cpus, factor)
         for p in plans:
             p.resources.num_cpus = round(p.resources.num_cpus * factor, 3)
+    announce_devices(plans, gpus)
     log.info("pools: %s", ", ".join(f"{p.name} {p.resources.concurrency[0]}-{p.resources.concurrency[1]} "
                                     f"(starting with {p.initial})" for p in plans if p.uses_models))
     return plans
+
+
+def announce_devices(plans: list[StagePlan], gpus: float) -> dict[str, str]:
+    """Where each model stage's models run, said once at the start of a run: on a cluster with GPUs a model
+    stage that stays on CPU says so (a warning), and a stage given a GPU share says so when onnxruntime here
+    cannot use CUDA (its ONNX models then run on CPU; its torch models still on the GPU). Returns stage -> device."""
+    from curation.perception.ortsession import cuda_missing_reason
+
+    devices = {p.name: ("cuda" if p.resources.num_gpus > 0 else "cpu") for p in plans if p.uses_models}
+    if gpus <= 0:
+        log.info("model stages on CPU (the cluster has no GPU): %s", ", ".join(devices))
+        return devices
+    ort_reason = cuda_missing_reason()
+    for p in plans:
+        if not p.uses_models:
+            continue
+        if devices[p.name] == "cpu":
+            log.warning("stage %s runs on CPU: its manifest gives it no GPU share (resources.num_gpus)", p.name)
+        elif ort_reason:
+            log.warning("stage %s runs on %.2g GPU, but %s: its ONNX models run on CPU", p.name,
+                        p.resources.num_gpus, ort_reason)
+    return devices
 
 
 @dataclass
@@ -337,9 +377,17 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str
     processes its sources again."""
     import ray
 
-    ray.data.DataContext.get_current().max_errored_blocks = -1
+    ctx = ray.data.DataContext.get_current()
+    ctx.max_errored_blocks = -1
+    # One record per block, at every step: a block is what Ray Data hands to one actor (or task), so a stage's
+    # output of several clips in one block would go to a single actor of the next pool, on a single node,
+    # however many actors wait idle elsewhere. A record is small (the clip bytes leave on the pack step), so a
+    # block per record costs little; Ray Data slices every output into blocks of at most this many bytes, and
+    # never below one row.
+    ctx.target_max_block_size = 1
     ds = ray.data.from_items([{"key": r.key, "rec": r.to_bytes()} for r in records],
                              override_num_blocks=max(1, len(records)))
+    prev_task: dict | None = None  # the request of the step before, where it was a task stage
     for p in plans:
         r = p.resources
         common = dict(batch_size=r.batch_size, batch_format="numpy", num_cpus=r.num_cpus)
@@ -347,9 +395,15 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str
             common["num_gpus"] = r.num_gpus
         if r.memory_gb:
             common["memory"] = int(r.memory_gb * 2**30)
+        request = {k: common.get(k) for k in ("num_cpus", "num_gpus", "memory")}
+        if p.uses_models and request == prev_task:
+            # Ray Data fuses a task step into the actor step after it when both ask the same resources: the task
+            # stage would run inside the model actors, one pool for both. One byte more keeps them apart.
+            common["memory"] = int(common.get("memory") or 0) + 1
+        prev_task = None if p.uses_models else request
         if p.uses_models:
             ds = ds.map_batches(StageActor, fn_constructor_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
-                                                                       run_id=run_id),
+                                                                       run_id=run_id, memory_gb=r.memory_gb),
                                 # one batch at a time per actor: a model actor works through its batch anyway, so a
                                 # batch queued behind it would wait while another actor of the pool is idle
                                 compute=ray.data.ActorPoolStrategy(min_size=r.concurrency[0],
@@ -359,7 +413,7 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str
                                 **common)
         else:
             ds = ds.map_batches(run_stage_task, fn_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
-                                                               run_id=run_id), **common)
+                                                               run_id=run_id, memory_gb=r.memory_gb), **common)
     if pack is not None:
         extra = {"memory": int(pack.memory_gb * 2**30)} if pack.memory_gb else {}
         ds = ds.map_batches(run_pack_task, fn_kwargs=dict(store=pack.store, manifest_name=pack.manifest_name,

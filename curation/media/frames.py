@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.media.ffmpeg import iter_frames, local_path
+from curation.media.ffmpeg import MediaError, iter_frames, local_path
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,71 @@ def _to_display(frame: np.ndarray, geo: SampleGeometry, rotation: int) -> np.nda
 
 # Resized frames decoded per chunk before decord's reader is stopped (see above).
 DECODE_BUDGET_BYTES = 256 * 1024 * 1024
+
+# Memory a decode takes per source pixel (display width x height), measured with iter_samples at 3 fps, batch 4,
+# one thread (RSS growth over the process before the decode; bench/bench_memory_stages.py --decode):
+#   decord (full-size RGB frames, resized here): 8K testsrc2 7680x4320 +1.22 GiB (37 B/px), S03 1080p +92 MB (44 B/px)
+#   ffmpeg (scaled in ffmpeg, small frames here): 8K: +3 MB in this process, 206 MB peak in the ffmpeg child (6.2 B/px)
+DECORD_BYTES_PER_PIXEL = 48
+FFMPEG_BYTES_PER_PIXEL = 8
+_memory_request: int | None = None
+_memory_held: int | None = None
+
+
+def set_memory_request(nbytes: int | None) -> None:
+    """The memory request of the stage this worker runs (resources.memory_gb, in bytes; None: no limit), set by the
+    pipeline's workers before each batch. What a decode may take is that request less what the worker held at its
+    first decode under it (its models loaded by then; fixed afterwards, so that a source is read the same way
+    whichever batch it comes in). A source whose full-size decord decode would take more is read at the decode
+    size by ffmpeg instead (frames scaled in ffmpeg: this process holds only them); one whose ffmpeg decode would
+    take more still is rejected (`too_large`)."""
+    global _memory_request, _memory_held
+    if nbytes != _memory_request:
+        _memory_request, _memory_held = nbytes, None
+
+
+def memory_budget() -> int | None:
+    """Bytes a decode may take now (None: no limit); see set_memory_request."""
+    global _memory_held
+    if _memory_request is None:
+        return None
+    if _memory_held is None:
+        _memory_held = _rss_bytes()
+        if _memory_held >= _memory_request:
+            log.warning("this worker holds %.2f GiB, more than its stage's memory request (resources.memory_gb %.2f): "
+                        "every source it decodes is rejected as too_large; raise memory_gb", _memory_held / 2**30,
+                        _memory_request / 2**30)
+    return max(0, _memory_request - _memory_held)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def decode_plan(geo: SampleGeometry, backend: str) -> str:
+    """`backend` where its decode of a source of this size fits the memory budget, else "ffmpeg" (decord's would
+    not), else raises MediaError("too_large")."""
+    budget = memory_budget()
+    if budget is None:
+        return backend
+    px = geo.width * geo.height
+    if backend == "decord" and px * DECORD_BYTES_PER_PIXEL <= budget:
+        return backend
+    if px * FFMPEG_BYTES_PER_PIXEL <= budget:
+        return "ffmpeg"
+    raise MediaError("too_large", f"a {geo.width}x{geo.height} source needs about "
+                                  f"{px * FFMPEG_BYTES_PER_PIXEL / 2**30:.2f} GiB to decode even scaled by ffmpeg; "
+                                  f"the stage has {budget / 2**30:.2f} GiB left of its memory request "
+                                  f"(resources.memory_gb)")
+
+
 _CHUNK_END, _DONE = object(), object()
 
 
@@ -189,6 +254,11 @@ def iter_samples(path: str, start_s: float, end_s: float, fps: float, geo: Sampl
                  timeout: float = 600.0) -> Iterator[tuple[float, np.ndarray]]:
     """(source-timeline seconds, HxWx3 RGB uint8 frame at geo.dec size) for the sampled frames of the span."""
     times = sample_times(start_s, end_s, fps, max_samples)
+    planned = decode_plan(geo, backend)
+    if planned != backend:
+        log.info("%s: %dx%d is too large to decode at full size within the stage's memory: read at %dx%d by ffmpeg",
+                 path, geo.width, geo.height, geo.dec_w, geo.dec_h)
+        backend = planned
     if backend == "decord":
         try:
             import decord  # noqa: F401

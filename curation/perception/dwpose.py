@@ -23,16 +23,9 @@ STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 
 def _session(path: str, threads: int = 1, use_gpu: bool = False):
-    import onnxruntime as ort
+    from curation.perception.ortsession import session
 
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    return session(path, threads, use_gpu)
 
 
 # -- YOLOX person detector ---------------------------------------------------------------------------

@@ -36,15 +36,17 @@ class YuNetDetector:
 
 class SCRFDDetector:
     def __init__(self, model_path: str, score_threshold: float = 0.5, nms_threshold: float = 0.4,
-                 input_size: int | None = None, threads: int = 1):
+                 input_size: int | None = None, threads: int = 1, use_gpu: bool = False):
         import onnxruntime as ort
         from insightface.model_zoo import get_model
+
+        from curation.perception.ortsession import providers_for
 
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
-        self._model = get_model(str(model_path), providers=["CPUExecutionProvider"], sess_options=so)
+        self._model = get_model(str(model_path), providers=providers_for(use_gpu), sess_options=so)
         if self._model is None:
             raise RuntimeError(f"insightface could not load a detector from {model_path}")
         self._model.prepare(ctx_id=-1, det_thresh=score_threshold, nms_thresh=nms_threshold)
@@ -63,9 +65,10 @@ class SCRFDDetector:
 
 
 def make_face_detector(backend: str, model_path: str, score_threshold: float, threads: int = 1,
-                       scrfd_input: int | None = None):
+                       scrfd_input: int | None = None, use_gpu: bool = False):
     if backend == "yunet":
         return YuNetDetector(model_path, score_threshold=score_threshold, threads=threads)
     if backend == "scrfd":
-        return SCRFDDetector(model_path, score_threshold=score_threshold, input_size=scrfd_input, threads=threads)
+        return SCRFDDetector(model_path, score_threshold=score_threshold, input_size=scrfd_input, threads=threads,
+                             use_gpu=use_gpu)
     raise ValueError(f"unknown face backend {backend!r} (yunet or scrfd)")

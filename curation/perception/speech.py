@@ -14,13 +14,10 @@ CONTEXT = 64  # samples of the previous chunk prepended to each step
 
 
 class SileroVAD:
-    def __init__(self, model_path: str, threads: int = 1):
-        import onnxruntime as ort  # heavy import: only when a stage builds one
+    def __init__(self, model_path: str, threads: int = 1, use_gpu: bool = False):
+        from curation.perception.ortsession import session  # heavy import: only when a stage builds one
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, int(threads))
-        so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+        self.session = session(model_path, max(1, int(threads)), use_gpu)
 
     def probabilities(self, audio: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
         """Speech probability per 32 ms chunk of `audio` (mono float32 in [-1, 1] at 16 kHz); the last
