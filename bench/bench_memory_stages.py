@@ -6,8 +6,9 @@ Every stage of the manifest runs in a process of its own, as a pipeline worker r
 model stage, pipeline.run_stage_task for a task stage; one record per batch, as the pipeline's blocks are), over
 the records the stage before it produced (the first stage over the sources), with the stage's memory request
 set as in a run. Printed per stage: the process's peak RSS (getrusage: models loaded, every decode and model
-call included), the peak of the ffmpeg processes it started (they run beside the worker), and the stage's
-memory_gb. A Ray worker holds more than a plain process (Ray's core worker): that difference, measured on an
+call included), the peak of the processes it started (ffmpeg, beside the worker; getrusage counts a child from
+its fork, so the figure is at least the worker's RSS at that moment and tells of an ffmpeg only where it is
+above), and the stage's memory_gb. A Ray worker holds more than a plain process (Ray's core worker): that difference, measured on an
 idle actor of a local Ray, is printed too and added in the "as a Ray worker" column.
 
 The clips default to talking heads and the footage's harder decodes: A1 (8 s), E1 (34 s), S03 (1080p), S01
@@ -69,11 +70,11 @@ class Idle:
     def rss(self):
         import curation.engine.pipeline  # what every pipeline worker imports
         return rss()
+import curation.engine.pipeline
+plain = rss()  # this process before it connects to Ray: what the stage processes here are
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 a = Idle.remote()
-ray_rss = ray.get(a.rss.remote())
-import curation.engine.pipeline
-print("RESULT=" + json.dumps({"ray_worker": ray_rss, "plain": rss()}))
+print("RESULT=" + json.dumps({"ray_worker": ray.get(a.rss.remote()), "plain": plain}))
 """
 
 

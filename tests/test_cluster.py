@@ -132,9 +132,9 @@ def test_pools_sized_to_the_cluster():
     assert {n: big[n].resources.concurrency for n in ("person", "quality", "sync", "skeleton")} == {
         "person": (4, 64), "quality": (4, 64), "sync": (4, 64), "skeleton": (4, 64)}
     assert all(big[n].initial == 4 for n in ("person", "quality", "sync", "skeleton"))
-    # memory bounds the pool: 8 GiB holds 5 actors of 1.5 GiB (sync, skeleton), 8 of 1.0 (person, quality)
+    # memory bounds the pool: 8 GiB holds 10 actors of 0.75 GiB (sync, skeleton), 8 of 1.0 (person, quality)
     tight = {p.name: p for p in plan_stages(m, str(WEIGHTS), False, {"CPU": 64.0, "memory": 8 * 2**30})}
-    assert tight["sync"].resources.concurrency == (1, 5) and tight["person"].resources.concurrency == (1, 8)
+    assert tight["sync"].resources.concurrency == (1, 10) and tight["person"].resources.concurrency == (1, 8)
     small = {p.name: p for p in plan_stages(m, str(WEIGHTS), False, {"CPU": 2.0, "memory": 8 * 2**30})}
     assert small["skeleton"].resources.concurrency == (1, 2) and small["skeleton"].initial == 1
 
