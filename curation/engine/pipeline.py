@@ -199,22 +199,27 @@ def _stamp(stage_name: str, recs: list[ClipRecord], place: tuple[str, str]) -> l
     return recs
 
 
-def set_decode_memory(memory_gb: float | None) -> None:
-    """Before each batch: the stage's memory request (resources.memory_gb), which bounds what a decode in this
-    worker may take (curation.media.frames.set_memory_request)."""
+@contextlib.contextmanager
+def decode_memory(memory_gb: float | None):
+    """Around each batch: the stage's memory request (resources.memory_gb) bounds what a decode in this worker may
+    take (curation.media.frames.set_memory_request); no bound outside a batch."""
     from curation.media import frames
 
     frames.set_memory_request(int(memory_gb * 2**30) if memory_gb else None)
+    try:
+        yield
+    finally:
+        frames.set_memory_request(None)
 
 
 def run_stage_task(batch: dict, stage_name: str, params: dict, ctx: StageContext, run_id: str | None = None,
                    memory_gb: float | None = None) -> dict:
     """A stage without models, as a Ray task: cheap to build per batch."""
     _sweep_once()
-    set_decode_memory(memory_gb)
     cls = stage_class(stage_name)
     stage = cls(cls.Params.model_validate(params), ctx)
-    out = _batch(_stamp(stage_name, process_batch(stage, _records(batch), run_id), _worker_place(False)))
+    with decode_memory(memory_gb):
+        out = _batch(_stamp(stage_name, process_batch(stage, _records(batch), run_id), _worker_place(False)))
     release_free_heap()
     return out
 
@@ -243,8 +248,8 @@ class StageActor:
         self.place = _worker_place(True)
 
     def __call__(self, batch: dict) -> dict:
-        set_decode_memory(self.memory_gb)
-        out = _batch(_stamp(self.stage.name, process_batch(self.stage, _records(batch), self.run_id), self.place))
+        with decode_memory(self.memory_gb):
+            out = _batch(_stamp(self.stage.name, process_batch(self.stage, _records(batch), self.run_id), self.place))
         release_free_heap()
         return out
 

@@ -106,33 +106,31 @@ DECODE_BUDGET_BYTES = 256 * 1024 * 1024
 DECORD_BYTES_PER_PIXEL = 48
 FFMPEG_BYTES_PER_PIXEL = 8
 _memory_request: int | None = None
-_memory_held: int | None = None
+_memory_held: dict[int, int] = {}  # request -> what the worker held at its first decode under it
 
 
 def set_memory_request(nbytes: int | None) -> None:
     """The memory request of the stage this worker runs (resources.memory_gb, in bytes; None: no limit), set by the
-    pipeline's workers before each batch. What a decode may take is that request less what the worker held at its
-    first decode under it (its models loaded by then; fixed afterwards, so that a source is read the same way
-    whichever batch it comes in). A source whose full-size decord decode would take more is read at the decode
+    pipeline's workers around each batch. What a decode may take is that request less what the worker held at its
+    first decode under it (its models loaded by then; remembered per request, so that a source is read the same
+    way whichever batch it comes in). A source whose full-size decord decode would take more is read at the decode
     size by ffmpeg instead (frames scaled in ffmpeg: this process holds only them); one whose ffmpeg decode would
     take more still is rejected (`too_large`)."""
-    global _memory_request, _memory_held
-    if nbytes != _memory_request:
-        _memory_request, _memory_held = nbytes, None
+    global _memory_request
+    _memory_request = nbytes
 
 
 def memory_budget() -> int | None:
     """Bytes a decode may take now (None: no limit); see set_memory_request."""
-    global _memory_held
     if _memory_request is None:
         return None
-    if _memory_held is None:
-        _memory_held = _rss_bytes()
-        if _memory_held >= _memory_request:
+    if _memory_request not in _memory_held:
+        held = _memory_held[_memory_request] = _rss_bytes()
+        if held >= _memory_request:
             log.warning("this worker holds %.2f GiB, more than its stage's memory request (resources.memory_gb %.2f): "
-                        "every source it decodes is rejected as too_large; raise memory_gb", _memory_held / 2**30,
+                        "every source it decodes is rejected as too_large; raise memory_gb", held / 2**30,
                         _memory_request / 2**30)
-    return max(0, _memory_request - _memory_held)
+    return max(0, _memory_request - _memory_held[_memory_request])
 
 
 def _rss_bytes() -> int:
