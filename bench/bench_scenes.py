@@ -46,7 +46,7 @@ def main() -> int:
 
     import scenedetect.detectors  # noqa: F401  (imported once per worker in the pipeline)
     from curation.engine.config import load_manifest
-    from curation.engine.record import ClipRecord
+    from curation.engine.record import CANDIDATE, ClipRecord
     from stages.base import StageContext, cpu_seconds
     from stages.probe import ProbeStage
     from stages.scenes import ScenesStage
@@ -70,6 +70,10 @@ def main() -> int:
                                   cwd=tmp.name)
         cli = parse_cli(r.stdout.decode(errors="replace"))
         (src,) = probe.process([ClipRecord.for_source(str(f))])
+        if not src.probe.get("width"):
+            print(f"{f.name}: not probed ({src.reason}: {src.message})")
+            continue
+        src.status, src.stage, src.reason, src.message = CANDIDATE, None, None, None  # too short / no audio: cuts all the same
         c0 = cpu_seconds()
         out = stage.process([src])
         cpu = cpu_seconds() - c0

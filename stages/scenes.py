@@ -3,7 +3,10 @@ few frames at every cut, split long shots, and emit every shot as a candidate cl
 
 Two passes (`two_pass`, content detector; issue 16 item 4). Decoding is most of the cost and a full decode is
 the floor, so the first pass decodes only the reference frames: PyAV (libavcodec in-process, no ffmpeg start-up)
-with the decoder told to skip B-frames (`skip_frame=BIDIR`); on streams without B-frames that is every frame.
+with the decoder told to skip the frames no other frame references (`coarse_skip: nonref`, `skip_frame=NONREF`:
+every frame it decodes is exact); on streams without such frames (no B-frames) that is every frame.
+(`bidir`, skipping every B-frame, decodes fewer frames but damages HEVC's: S01's P-frames reference B-frames,
+and it found two false cuts at S01's keyframes.)
 Frames are numbered by their presentation order (the demuxer's timestamps, read first). Each decoded frame gets
 ContentDetector's own score against the previous decoded frame: where the two are consecutive frames, that is
 exactly the full pass's score; where B-frames lie between them (a gap of 2-4 frames) and the score reaches
@@ -45,6 +48,10 @@ class ScenesParams(Params):
                               "cheaper frames, good enough to compare shots (same cuts on the shared footage)")
     two_pass: bool = Field(True, description="content detector: decode reference frames only, then the B-frames of "
                            "candidate gaps only (PyAV); false: every frame with ffmpeg")
+    coarse_skip: Literal["nonref", "bidir"] = Field("nonref", description="two_pass: frames the first pass skips: "
+                                                   "nonref (frames no other frame references: every decoded frame is exact) or "
+                                                   "bidir (every B-frame: cheaper, but where P-frames reference B-frames, as in "
+                                                   "HEVC, the decoded frames are damaged and false cuts appear)")
     coarse_factor: float = Field(0.5, gt=0, le=1, description="two_pass: a gap of skipped B-frames is decoded when the "
                                  "score across it reaches this share of the threshold")
 
@@ -143,7 +150,7 @@ def detect_cuts_two_pass(path: str, src_size: tuple[int, int], p: "ScenesParams"
     decoded = 0
     c, s, cc = opened()
     try:
-        cc.skip_frame = "BIDIR"
+        cc.skip_frame = p.coarse_skip.upper()
         sc, prev = scorer(), None
         for frame in c.decode(s):
             i = rank.get(frame.pts)
@@ -181,7 +188,7 @@ def detect_cuts_two_pass(path: str, src_size: tuple[int, int], p: "ScenesParams"
                     c.seek(key, stream=s, backward=True, any_frame=False)
                     cc.flush_buffers()
                 for pkt in c.demux(s):
-                    cc.skip_frame = "DEFAULT" if pkt.pts in want else "BIDIR"
+                    cc.skip_frame = "DEFAULT" if pkt.pts in want else p.coarse_skip.upper()
                     for frame in cc.decode(pkt):
                         i = rank.get(frame.pts)
                         if i is not None and any(x <= i <= y for x, y in gaps):

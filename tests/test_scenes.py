@@ -23,7 +23,7 @@ def test_two_pass_same_cuts_as_a_full_decode_on_c1(footage):
     src = source_record(path)
     full, n, (cuts, n2, stats) = _both(path, src, ScenesParams(coarse_factor=0.75))
     assert full == cuts == C1_CUTS and n == n2 == 628
-    assert stats["decoded"] < 0.4 * n  # only the reference frames (and gaps) decoded
+    assert stats["decoded"] < 0.6 * n  # only the reference frames (and gaps) decoded
 
 
 def test_two_pass_decodes_the_b_frame_gaps_that_hide_cuts(tmp_path, footage):
@@ -37,6 +37,14 @@ def test_two_pass_decodes_the_b_frame_gaps_that_hide_cuts(tmp_path, footage):
     full, n, (cuts, _, stats) = _both(path, src, ScenesParams(coarse_factor=0.75))
     assert full == cuts == C1_CUTS[:2] and n == 200
     assert stats["candidates"] >= 2 and stats["gap_frames"] >= 2, stats
+
+
+def test_hevc_two_pass_no_false_cut(footage):
+    """S01 (HEVC, P-frames that reference B-frames): skipping only unreferenced frames keeps every decoded
+    frame exact (skipping every B-frame damaged them: two false cuts at its keyframes)."""
+    path = footage / "S01_LatentSync_man-black-sweater_studio-talk_hevc_20s.mp4"
+    cuts, n, stats = detect_cuts_two_pass(str(path), (1080, 1920), ScenesParams())
+    assert cuts == [] and n == 502 and stats["decoded"] < n
 
 
 def test_small_source_compared_at_its_own_size(footage):
