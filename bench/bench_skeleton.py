@@ -53,8 +53,14 @@ VARIANTS = {
     "pose_face_every_3": {"pose_every": 3, "face_every": 3},
     "pose_4_face_3": {"pose_every": 4, "face_every": 3},
     "pose_face_every_3_work_256": {"pose_every": 3, "face_every": 3, "work_size": 256},
+    "shared_face_pose_every_2": {"pose_every": 2, "face_from_sync": True},
+    "shared_face_pose_every_3": {"pose_every": 3, "face_from_sync": True},
     "manifest": None,  # the manifest's params as they are
 }
+# `face_from_sync` variants take the face keypoints from the sync stage's landmarks (rec.data["face68"]): the
+# sync stage (manifest params) runs once per file after the person stage (cached alike; its CPU is the sync
+# stage's, already paid in a run, and not counted here).
+TODAY["face_from_sync"] = False
 PARTS = {"body": slice(0, 23), "face": slice(23, 91), "hands": slice(91, 133)}
 # Keep a choice only within these, on every part (pixels at the written clip's size, see --out-side). Set
 # after a first measurement (A1 + S01 + A7): a 3-px p95 holds for the face only, even with every 2nd frame
@@ -80,6 +86,24 @@ def person_records(paths: list[Path], person, cache: Path) -> dict:
         out[path.name] = store[key]
     if dirty:
         cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps(store))
+    return out
+
+
+def sync_records(recs: dict, sync, cache: Path) -> dict:
+    """file name -> the sync stage's rec.data["face68"] (None where it did not landmark the clip)."""
+    import copy
+
+    store = pickle.loads(cache.read_bytes()) if cache.exists() else {}
+    out, dirty = {}, False
+    for name, rec in recs.items():
+        key = f"{name}:{rec.start_s}:{rec.end_s}"
+        if key not in store:
+            (r,) = sync.process([copy.deepcopy(rec)])
+            store[key] = r.data.get("face68")
+            dirty = True
+        out[name] = store[key]
+    if dirty:
         cache.write_bytes(pickle.dumps(store))
     return out
 
@@ -135,6 +159,18 @@ def main() -> None:
     finally:
         person.close()
     recs = {n: r for n, r in recs.items() if "face_track" in r.data}
+    if any((VARIANTS[v] or base).get("face_from_sync") for v in args.variants):
+        from stages.sync import SyncStage
+
+        sync = SyncStage(m.params("sync"), ctx)
+        try:
+            synced = sync_records(recs, sync, ROOT / "bench/results/skeleton_sync_cache.pkl")
+        finally:
+            sync.close()
+        for n, r in recs.items():
+            if synced.get(n) is not None:
+                r.data["face68"] = synced[n]
+        print(f"sync landmarks for {sum(v is not None for v in synced.values())} of {len(recs)} files", flush=True)
     print(f"{len(recs)} files with a face track: {sum(r.duration_s for r in recs.values()):.1f} s of footage", flush=True)
 
     variants = ["today"] + [v for v in args.variants if v != "today"]

@@ -12,10 +12,14 @@ on every frame): with `pose_every` / `face_every` = N the pose + hand landmarker
 on every Nth frame and the last, in VIDEO mode (they track between the frames they see), and the frames
 between are interpolated linearly per point (`fill_between`).
 
-Face keypoints from landmarks computed elsewhere: `estimate(rec, face_mesh=...)` takes per-frame (T, 478, 2)
-FaceLandmarker meshes in the source's display pixels (the sync stage's per-frame face landmarks, once they
-are shared, issue 16 item 1) and makes the 68 face keypoints from them (MediaPipeWholebody.face_points)
-instead of running its own face landmarker.
+Face keypoints from landmarks computed elsewhere (issue 16 item 1): the sync stage's landmarks backend runs a
+FaceLandmarker on every frame of the clip at the video rate and hands on the 68 iBUG points of each frame as
+rec.data["face68"] ((T, 68, 2) float32, the source's display pixels, NaN where it found no face;
+curation/perception/mp_wholebody.py face_mesh_tracker / crop_points_to_frame). With `face_from_sync` the
+skeleton makes its face keypoints from them (MediaPipeWholebody.face_points, the same score as its own) and runs
+its own face landmarker only on the frames without; a clip the sync stage did not landmark (sync off, the
+syncnet backend) gets the skeleton's own face landmarker as before. `estimate(rec, face_mesh=...)` takes such
+points (or whole (T, 478, 2) meshes) directly. The stage pops rec.data["face68"] once used.
 
 Backends:
   mediapipe (default)  PoseLandmarker + HandLandmarker + FaceLandmarker in VIDEO mode (curation/mp_wholebody.py,
@@ -70,6 +74,9 @@ class SkeletonParams(Params):
     pose_every: int = Field(1, ge=1, description="mediapipe: pose and hand landmarkers on every Nth frame (and the last); "
                             "the frames between are interpolated (bench/bench_skeleton.py: cost and pixel error)")
     face_every: int = Field(1, ge=1, description="mediapipe: face landmarker on every Nth frame (and the last), the rest interpolated")
+    face_from_sync: bool = Field(False, description="mediapipe: face keypoints from the sync stage's per-frame face landmarks "
+                                 "(rec.data['face68']) where it measured them; the skeleton's own face landmarker runs "
+                                 "only on the frames without (and on every clip the sync stage did not landmark)")
     kpt_thr: float = Field(0.3, ge=0, lt=1, description="a keypoint counts as found above this score (summaries, boxes, preview)")
     person_box: Literal["mask", "keypoints"] = Field(
         "mask", description="mediapipe person_bbox_xyxy: the person segmentation mask's box, or the keypoints' box + 10 %")
@@ -190,15 +197,24 @@ class SkeletonStage(Stage):
         """keypoints_info (T, 1, 133, 3) and person_bbox_xyxy (T, 4) in the written clip's pixels (its
         longer side at most `out_side`: by default the manifest's video.max_side, None: the source's pixels).
 
-        `face_mesh` (T, 478, 2), FaceLandmarker meshes per frame in the source's display pixels (NaN where
-        no face) that another stage already computed: the face keypoints are then made from them and the
-        skeleton's own face landmarker does not run (mediapipe backend)."""
+        `face_mesh` (T, 478, 2) FaceLandmarker meshes or (T, 68, 2) iBUG points per frame in the source's
+        display pixels (NaN where no face) that another stage already computed (default, with
+        `face_from_sync`: the sync stage's rec.data["face68"]): the face keypoints are then made from them
+        and the skeleton's own face landmarker runs only on frames without (mediapipe backend)."""
         p: SkeletonParams = self.params
         model = self._load()
         fps = self.ctx.fps
         W, H = int(rec.probe["width"]), int(rec.probe["height"])
         times = frame_times(rec.start_s, rec.end_s, fps)
         T = len(times)
+        mp = p.backend == "mediapipe"
+        if face_mesh is None and mp and p.face_from_sync and rec.data.get("face68") is not None:
+            face_mesh = np.asarray(rec.data["face68"], np.float32)
+        if face_mesh is not None:  # one row per frame of the clip (the sync stage decodes the same frames)
+            pad = np.full((T, *face_mesh.shape[1:]), np.nan, np.float32)
+            pad[:min(T, len(face_mesh))] = face_mesh[:T]
+            face_mesh = pad
+            have_mesh = np.isfinite(face_mesh).all(axis=(1, 2))
         cx, cy, cw, ch = person_crop(rec, p.crop_margin, p.crop_top_margin)
         track = rec.data.get("face_track")
         faces = boxes_at(track, times) if track else np.full((T, 4), np.nan)
@@ -206,7 +222,6 @@ class SkeletonStage(Stage):
         boxes = np.zeros((T, 4), np.float32)
         masked = np.zeros(T, bool)  # boxes[t] is the person mask's
         crop_box = [float(cx), float(cy), float(cx + cw), float(cy + ch)]
-        mp = p.backend == "mediapipe"
         every = {"body": p.pose_every if mp else 1, "face": p.face_every if mp and face_mesh is None else 1}
         ran = {part: np.zeros(T, bool) for part in every}
         model.begin_clip()
@@ -225,21 +240,21 @@ class SkeletonStage(Stage):
                 if np.all(np.isfinite(face)):
                     face_w = [(face[0] - cx) / sx, (face[1] - cy) / sy, (face[2] - cx) / sx, (face[3] - cy) / sy]
                 run = {part: n % k == 0 or n == T - 1 for part, k in every.items()}
+                if face_mesh is not None:  # its own face landmarker only where the shared landmarks have no face
+                    run["face"] = not have_mesh[n]
                 if not mp:
                     kp, box = model.frame(frame, face_w)
                     box = [cx + box[0] * sx, cy + box[1] * sy, cx + box[2] * sx, cy + box[3] * sy]
                 else:
                     kp = model.frame(frame, face_w if p.face_crop else None, p.face_crop_scale,
-                                     body=run["body"], face=run["face"] and face_mesh is None)
+                                     body=run["body"], face=run["face"])
                     mb = getattr(model, "mask_box", None)
                     box = None if mb is None else [cx + mb[0] * sx, cy + mb[1] * sy, cx + mb[2] * sx, cy + mb[3] * sy]
                 found = (kp[:, 2] > 0) | (kp[:, 0] != 0) | (kp[:, 1] != 0)
                 kp[found, 0] = cx + kp[found, 0] * sx
                 kp[found, 1] = cy + kp[found, 1] * sy
-                if mp and face_mesh is not None:
-                    mesh = face_mesh[n]
-                    if np.all(np.isfinite(mesh)):
-                        kp[FACE] = model.face_points(mesh, model.last_pose)
+                if mp and face_mesh is not None and have_mesh[n]:
+                    kp[FACE] = model.face_points(face_mesh[n], model.last_pose)
                 kpts[n, 0] = kp
                 if box is not None:
                     boxes[n] = box
@@ -268,7 +283,6 @@ class SkeletonStage(Stage):
         else:
             out = clip_size(W, H, out_side)
         return scale_to(kpts, boxes, (W, H), out)
-        return kpts, boxes
 
     def _box(self, kp: np.ndarray, face, W: int, H: int):
         b = pose_npz.keypoint_box(kp, W, H, self.params.kpt_thr, expand=self.params.bbox_grow)
@@ -281,6 +295,7 @@ class SkeletonStage(Stage):
         p: SkeletonParams = self.params
         src = (int(rec.probe["width"]), int(rec.probe["height"]))
         src_kpts, src_boxes = self.estimate(rec, out_side=None)
+        rec.data.pop("face68", None)  # the sync stage's face points: used here, not carried further
         out = self.out_size(rec)
         kpts, boxes = scale_to(src_kpts, src_boxes, src, out)
         rec.blobs["pose.npz"] = pose_npz.encode(kpts, boxes)

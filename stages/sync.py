@@ -145,9 +145,9 @@ class SyncStage(Stage):
 
     def _get_mouth(self):
         if self._mouth is None:
-            from curation.perception.lipsignal import MouthTracker
+            from curation.perception.mp_wholebody import face_mesh_tracker  # MouthTracker + the skeleton's 68 points
 
-            self._mouth = MouthTracker(str(resolve("face_landmarker", self.ctx.weights_dir, stage=self.name)))
+            self._mouth = face_mesh_tracker(str(resolve("face_landmarker", self.ctx.weights_dir, stage=self.name)))
         return self._mouth
 
     def _get_syncnet(self):
@@ -251,7 +251,12 @@ class SyncStage(Stage):
         rects, region, out_size = face_crop_plan(boxes, w, h, p.landmarks_face_scale, p.landmarks_crop_px)
         frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=fps, crop=region, size=out_size,
                              pix_fmt="rgb24", timeout=self.ctx.timeout_s)
-        return self._get_mouth().landmarks(face_crops(frames, region, rects, p.landmarks_crop_px), fps=fps)
+        lm = self._get_mouth().landmarks(face_crops(frames, region, rects, p.landmarks_crop_px), fps=fps)
+        if "face68" in lm:  # the skeleton's 68 face points (issue 16): crop -> frame pixels
+            from curation.perception.mp_wholebody import crop_points_to_frame
+
+            lm["face68"] = crop_points_to_frame(lm["face68"], rects, region, out_size, p.landmarks_crop_px)
+        return lm
 
     def _get_projection(self) -> dict:
         if self._proj is None:
@@ -300,6 +305,8 @@ class SyncStage(Stage):
     def _landmarks_offset(self, rec, audio):
         p: SyncParams = self.params
         lm = self.face_landmarks(rec)
+        if "face68" in lm:  # handed on to the skeleton stage (its face keypoints; it pops them)
+            rec.data["face68"] = lm["face68"]
         n = len(lm["found"])
         face_frac = float(lm["found"].mean()) if n else 0.0
         self.check(rec, "sync_face_frac", face_frac)

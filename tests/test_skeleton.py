@@ -394,6 +394,43 @@ def test_every_third_frame_interpolated_stays_close(person, skeleton, footage):
     assert np.isfinite(boxes).all()
 
 
+def test_face_keypoints_from_the_sync_stage(person, skeleton, footage):
+    """face_from_sync: the sync stage's per-frame face landmarks (rec.data["face68"], its own FaceLandmarker
+    on its own face crops) become the skeleton's face keypoints, its face landmarker not running, within the
+    stated error (bench_skeleton.py: mean <= 2.5 px, p95 <= 10 px at 640 px) of the skeleton's own; without
+    them (sync off) it runs its own."""
+    from stages.sync import SyncParams, SyncStage
+
+    rec = person_record(person, footage / "A1_hdtf_bob_menendez_talking_8s.mp4", 2.0, 5.0)
+    own, _ = skeleton.estimate(rec, out_side=None)
+    sync = SyncStage(SyncParams(), ctx())
+    try:
+        (synced,) = sync.process([rec])
+    finally:
+        sync.close()
+    pts = synced.data["face68"]  # handed on whatever sync decides on this 3-s span
+    assert pts.shape == (75, 68, 2) and pts.dtype == np.float32 and np.isfinite(pts).all()
+    fresh = clip_record(rec.source, 2.0, 5.0)
+    fresh.data = dict(synced.data)
+    shared = SkeletonStage(SkeletonParams(face_from_sync=True), ctx())
+    try:
+        got, arrays = run_skeleton(shared, fresh)
+        assert shared._model.face_runs == 0 and "face68" not in got.data
+        k = arrays["keypoints_info"]  # A1 is 512 px: written as it is, pixels at 640 are these
+        a, b = own[:, 0, wb.FACE], k[:, 0, wb.FACE]
+        assert (a[..., 2] > 0.3).all() and (b[..., 2] > 0.3).all()
+        d = np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)
+        assert d.mean() <= 2.5 and np.percentile(d, 95) <= 10.0, (d.mean(), np.percentile(d, 95))
+        # a translation or scale error in the crop -> frame mapping would move every point alike
+        assert np.abs(np.median(a[..., :2] - b[..., :2], axis=(0, 1))).max() < 1.5
+        bare = clip_record(rec.source, 2.0, 3.0)
+        bare.data = {k: v for k, v in rec.data.items() if k != "face68"}
+        shared.estimate(bare, out_side=None)
+        assert shared._model.face_runs == 25  # no shared landmarks: its own landmarker on every frame
+    finally:
+        shared.close()
+
+
 def test_shard_round_trip_read_the_talkverse_way(person, footage, tmp_path):
     import cv2
 

@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 from curation import geometry
-from curation.formats.wholebody import (FACE, LEFT_HAND, N_KPTS, POSE33_HANDS, POSE33_HEAD, RIGHT_HAND,
+from curation.formats.wholebody import (FACE, FACE_MATRIX, LEFT_HAND, N_KPTS, POSE33_HANDS, POSE33_HEAD, RIGHT_HAND,
                                 body_feet_from_pose33, face68_from_mesh)
 
 
@@ -90,6 +90,7 @@ class MediaPipeWholebody:
         self._reset_pending = False
         self.flushed_left = 0  # detections still returned on the last black reset frame (expected 0)
         self.hand_runs = 0  # frames the hand landmarker ran on (for the audit of the gate)
+        self.face_runs = 0  # frames the face landmarker ran on (since begin_clip)
         self.cpu = {"pose": 0.0, "hands": 0.0, "face": 0.0}  # process CPU seconds per part (bench_skeleton.py)
         # MediaPipe's own __del__ fails once its C library is unloaded at interpreter exit: close first.
         atexit.register(self.close)
@@ -98,6 +99,7 @@ class MediaPipeWholebody:
     def begin_clip(self) -> None:
         self._reset_pending = True
         self.hand_runs = 0
+        self.face_runs = 0
         self._hand_tracking = False
         self._hand_idle = 0
 
@@ -176,6 +178,7 @@ class MediaPipeWholebody:
         self.cpu["hands"] += c2 - c1
 
         if face:
+            self.face_runs += 1
             have_box = face_box is not None and np.all(np.isfinite(face_box))
             if have_box:
                 x0, y0, side = geometry.square(face_box, face_scale)
@@ -194,11 +197,12 @@ class MediaPipeWholebody:
         return out
 
     def face_points(self, mesh: np.ndarray, pose=None) -> np.ndarray:
-        """(68, 3) face keypoints from a (478, 2) FaceLandmarker mesh in pixels, wherever it came from (this
+        """(68, 3) face keypoints from a (478, 2) FaceLandmarker mesh (or its (68, 2) iBUG points) in pixels, wherever it came from (this
         class's own landmarker, or per-frame landmarks another stage already computed). `pose` (33, 3) with
         visibilities in column 2 gives the score (see the module docstring)."""
         out = np.zeros((68, 3), np.float32)
-        out[:, :2] = face68_from_mesh(np.asarray(mesh, np.float32))
+        mesh = np.asarray(mesh, np.float32)
+        out[:, :2] = mesh if len(mesh) == 68 else face68_from_mesh(mesh)  # 68: iBUG points already
         score = self.min_presence
         if pose is not None:
             score = max(score, float(pose[list(POSE33_HEAD), 2].mean()))
@@ -251,3 +255,80 @@ class MediaPipeWholebody:
                 except Exception:
                     pass
                 setattr(self, name, None)
+
+
+# -- face keypoints shared by the sync stage (issue 16 item 1) -------------------------------------------------
+# The sync stage's landmarks backend already runs a FaceLandmarker on every frame of the clip (at the video
+# rate, on its face crops). FaceMeshTracker is that tracker (lipsignal.MouthTracker, unchanged) recording, on
+# each of its calls, the 68 iBUG points the skeleton makes from the mesh (wholebody.FACE478_TO_IBUG68) in the
+# crop's pixels; `crop_points_to_frame` maps them to the frame's pixels the way face_crops cut the crops. The
+# sync stage hands them on as rec.data["face68"] (T, 68, 2) float32, NaN where no face, and the skeleton stage
+# makes its face keypoints from them instead of running its own face landmarker (`face_from_sync`).
+_MESH68_COLS = np.flatnonzero(np.any(FACE_MATRIX != 0, axis=0))  # the mesh points the 68 iBUG points average
+
+
+def _mesh68(face_landmarks, width: int, height: int) -> np.ndarray:
+    """(68, 2) iBUG points in pixels of a width x height image from one FaceLandmarker result's landmarks."""
+    xy = np.array([[face_landmarks[i].x * width, face_landmarks[i].y * height] for i in _MESH68_COLS], np.float32)
+    return FACE_MATRIX[:, _MESH68_COLS] @ xy
+
+
+class _Recording:
+    """A FaceLandmarker whose detect_for_video also keeps each call's 68 iBUG points (NaN: no face)."""
+
+    def __init__(self, landmarker):
+        self._lm = landmarker
+        self.face68: list[np.ndarray] = []
+
+    def detect_for_video(self, image, ts):
+        res = self._lm.detect_for_video(image, ts)
+        if res.face_landmarks:
+            self.face68.append(_mesh68(res.face_landmarks[0], image.width, image.height))
+        else:
+            self.face68.append(np.full((68, 2), np.nan, np.float32))
+        return res
+
+    def __getattr__(self, name):
+        return getattr(self._lm, name)
+
+
+def face_mesh_tracker(model_path: str, **kw):
+    """The sync stage's lipsignal.MouthTracker whose `landmarks(...)` result also holds "face68": (N, 68, 2)
+    float32 iBUG points in the crops' pixels, NaN where no face (one row per frame, as "points")."""
+    from curation.perception.lipsignal import MouthTracker
+
+    class FaceMeshTracker(MouthTracker):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self._lm = _Recording(self._lm)
+
+        def landmarks(self, frames, *a, **k):
+            self._lm.face68 = []
+            out = super().landmarks(frames, *a, **k)
+            rows = self._lm.face68
+            if len(rows) == len(out["found"]):  # one landmarker call per frame: rows line up with "points"
+                out["face68"] = np.stack(rows) if rows else np.zeros((0, 68, 2), np.float32)
+            return out
+
+    return FaceMeshTracker(model_path, **kw)
+
+
+def crop_points_to_frame(points: np.ndarray, rects: np.ndarray, region, decoded_size, crop_px: int) -> np.ndarray:
+    """(N, K, 2) points in the pixels of lipsignal.face_crops' square `crop_px` crops -> the frame's pixels.
+    The crops were cut from `region` (x, y, w, h of the frame) decoded at `decoded_size` (w, h), at
+    `rects[k]` = [x, y, side, side] rounded to decoded pixels, then resized to crop_px: this undoes exactly
+    that (the same rounding), so the points land where the frame's own landmarker would put them."""
+    x0, y0, rw, rh = region
+    dw, dh = decoded_size
+    sx, sy = dw / rw, dh / rh
+    out = np.full(points.shape, np.nan, np.float32)
+    for k in range(min(len(points), len(rects))):
+        x, y, side, _ = rects[k]
+        a0, b0 = int(round((x - x0) * sx)), int(round((y - y0) * sy))
+        a1, b1 = a0 + max(2, int(round(side * sx))), b0 + max(2, int(round(side * sy)))
+        a0, b0 = max(0, a0), max(0, b0)
+        a1, b1 = min(a1, dw), min(b1, dh)
+        # crop pixel u (of crop_px) covers decoded pixels a0 + u * (a1 - a0) / crop_px: continuous coordinates
+        out[k, :, 0] = x0 + (a0 + points[k, :, 0] * (a1 - a0) / crop_px) / sx
+        out[k, :, 1] = y0 + (b0 + points[k, :, 1] * (b1 - b0) / crop_px) / sy
+    return out
