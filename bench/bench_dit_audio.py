@@ -2,7 +2,7 @@
 then generate each clip from its first frame with its own audio and with another clip's audio, and
 compare both with the real clip, over the whole frame and over the mouth.
 
-    python bench/bench_dit_audio.py --shards OUT/shards [--clips 3] [--seconds 2] [--steps 500]
+    python bench/bench_dit_audio.py --shards OUT/shards [--clips 3] [--seconds 2] [--steps 1500]
 
 1. Clips: the kept clips of the curation shards with a pose.npz, at most one per source (so a swapped
    audio is another person's speech), those with the widest mouth at the training resolution first. Their
@@ -52,9 +52,9 @@ MOUTH = slice(FACE.stop - 20, FACE.stop)  # the last 20 of the 68 face points: o
 MIN_SCORE = 0.3
 
 # tiny's model (32 px, 8 frames, dim 64, depth 4, 256 tokens) at batch 8, without mirroring (the mouth box
-# is the real clip's): about 0.25 CPU-s a step (measured with one thread on the loaded 2-core machine), so
-# 500 steps cost about two CPU-minutes. A 48 px, dim 96 config cost 0.32 CPU-s a step there, and more than
-# that machine could give at the time.
+# is the real clip's): about 0.2 CPU-s a step with one thread (300 steps took 62 CPU-s on the loaded 2-core
+# machine), so the default 1500 steps cost about five CPU-minutes; wall time there was 18 minutes under a
+# load average of 8 to 24.
 BENCH_CONFIG = replace(CONFIGS["tiny"], name="tiny-b8", batch_size=8, hflip=0.0, num_workers=1, log_every=50,
                        ckpt_every=50)
 
@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--shards", required=True, help="the shards/ folder of a curation run (with pose.npz)")
     ap.add_argument("--clips", type=int, default=3, help="clips to train on (default 3)")
     ap.add_argument("--seconds", type=float, default=2.0, help="first seconds of each clip used (default 2)")
-    ap.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    ap.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
     ap.add_argument("--sample-steps", type=int, default=10, help="Euler steps when sampling (default 10)")
     ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0],
                     help="guidance scales to sample with (default: 1, i.e. none, and 3, the config's)")
