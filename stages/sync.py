@@ -140,7 +140,7 @@ class SyncStage(Stage):
             from curation.perception.speech import SileroVAD
 
             self._vad = SileroVAD(str(resolve("silero_vad", self.ctx.weights_dir, stage=self.name)),
-                                  threads=self.params.threads or 1)
+                                  threads=self.params.threads or 1, use_gpu=self.ctx.use_gpu)
         return self._vad
 
     def _get_mouth(self):
