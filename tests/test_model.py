@@ -16,7 +16,7 @@ import webdataset as wds
 from curation.dit import cli
 from curation.dit.configs import CONFIGS
 from curation.dit.data import decode_square, mel_window, read_wav
-from curation.dit.flow import flow_loss
+from curation.dit.flow import flow_loss, sample
 from curation.dit.loader import WindowBatches, make_loader
 from curation.dit.train import build_state, model_inputs, save_checkpoint, train, train_step
 from curation.dit.view import prepare_view, read_view
@@ -141,6 +141,18 @@ def test_tiny_overfits_one_batch(view):
         train_step(st, batch)
     after = fixed_noise_loss()
     assert after < 0.5 * before, (before, after)
+
+
+def test_untrained_model_samples_the_reference_repeated(view):
+    """x-prediction around the reference: a zero network output means 'the reference frame, still', so the
+    sampler, with or without guidance, must land on it exactly from any noise."""
+    cfg = replace(TINY, num_workers=0)
+    batch = next(iter(make_loader(view, cfg)))
+    _, ref, mel = model_inputs(batch, torch.device("cpu"))
+    model = build_state(cfg, "cpu").model.eval()
+    for scale in (1.0, 3.0):
+        out = sample(model, ref, mel, cfg.frames, 4, scale, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, ref[:, :, None].expand_as(out), atol=1e-5, rtol=0)
 
 
 def _logged_losses(run_dir: Path) -> dict[int, float]:

@@ -9,7 +9,6 @@ and log-mel audio (B, 4T, n_mels). Output: the flow velocity, shaped like x_t.
   network; predicting v (which holds that noise) directly left the tiny model worse than repeating the
   reference. Predicting the clean clip only needs the low-dimensional motion, and an untrained network
   (zero output) already gives the reference frame repeated.
-
 - The reference frame is concatenated to every noisy frame on the channel axis (6 input channels), then a
   3D patch embedding (Conv3d, kernel = stride = patch) turns the clip into T/pt * H/ph * W/pw tokens.
 - Self-attention uses 3D rotary position embedding (head channels split across time, height and width).

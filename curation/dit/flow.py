@@ -1,4 +1,5 @@
-"""Rectified flow: x_t = (1 - t) x_0 + t noise, the model predicts the velocity noise - x_0.
+"""Rectified flow: x_t = (1 - t) x_0 + t noise; the model returns the velocity noise - x_0 (derived from its
+estimate of x_0, see dit.py).
 
 Training draws t from a logit-normal (as SD3) and drops the audio of `audio_dropout` of the samples, so
 the same network gives the unconditional velocity that classifier-free guidance on audio needs. Sampling
