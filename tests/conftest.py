@@ -166,6 +166,7 @@ FAST = {
     "test_stages_backbone.py": {"test_shots_from_cuts_trims_and_splits", "test_probe_reasons_for_generated_files"},
     "test_cluster.py": {"test_cluster_launcher_config_is_valid", "test_gpu_requests_fitted_to_the_cluster"},
     "test_export.py": {"test_export_refuses_what_has_no_clips"},
+    "test_model.py": {"test_checkpoint_of_another_parametrisation_is_refused"},
     "test_faults.py": {"test_stage_time_limit_on_main_and_worker_threads"},
     "test_select_decide.py": {"test_same_thresholds_give_the_same_decisions",
                               "test_stricter_rejects_kept_clips_at_the_right_stage",

@@ -199,3 +199,20 @@ def test_sample_writes_mp4_with_audio(tmp_path):
     assert v["r_frame_rate"] == "25/1" and v["avg_frame_rate"] == "25/1"
     assert (v["width"], v["height"]) == (TINY.resolution, TINY.resolution)
     assert "audio" in streams and abs(float(streams["audio"]["duration"]) - 13 / 25) < 0.1
+
+
+def test_checkpoint_of_another_parametrisation_is_refused(tmp_path):
+    """A checkpoint trained before the x0-around-reference output (no "prediction" entry) loads its weights
+    without error but would sample noise: training and sampling refuse it, naming the cause."""
+    from curation.dit.sample import load_model
+    from curation.dit.train import load_checkpoint
+
+    ckpt = tmp_path / "last.pt"
+    save_checkpoint(build_state(TINY, "cpu"), str(ckpt))
+    load_model(str(ckpt), "cpu")  # this model's own checkpoints load
+    old = torch.load(ckpt, map_location="cpu", weights_only=True)
+    del old["prediction"]
+    torch.save(old, ckpt)
+    for load in (lambda: load_model(str(ckpt), "cpu"), lambda: load_checkpoint(str(ckpt), "cpu")):
+        with pytest.raises(ValueError, match="x0-around-reference"):
+            load()

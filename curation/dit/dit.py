@@ -30,6 +30,17 @@ from torch import nn
 from .configs import MEL_PER_FRAME, Config
 
 T_MIN = 0.05  # the velocity divides by max(t, T_MIN): bounded near the data end (as JiT)
+# What the network's output means, stored in every checkpoint: weights trained for another parametrisation
+# (the earlier plain velocity output) would load without error and sample noise, so loading refuses them.
+PREDICTION = "x0-around-reference"
+
+
+def check_prediction(ckpt: dict, path: str) -> None:
+    """Refuse a checkpoint whose output parametrisation is not this model's (PREDICTION)."""
+    got = ckpt.get("prediction", "velocity (before x0-around-reference)")
+    if got != PREDICTION:
+        raise ValueError(f"{path}: trained for the output {got!r}, this model predicts {PREDICTION!r}; "
+                         f"train it again (curation train)")
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from ..media.ffmpeg import encode_frames
 from .configs import FPS, Config
 from .data import SAMPLES_PER_FRAME, decode_square, load_audio, mel_window
-from .dit import DiT
+from .dit import DiT, check_prediction
 from .flow import sample
 from .train import autocast
 
@@ -21,6 +21,7 @@ from .train import autocast
 def load_model(ckpt_path: str, device: str | torch.device) -> tuple[Config, DiT]:
     """The EMA weights of a training checkpoint, in eval mode on `device`."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    check_prediction(ckpt, ckpt_path)
     cfg = Config.from_dict(ckpt["config"])
     model = DiT(cfg)
     model.load_state_dict(ckpt["ema"])

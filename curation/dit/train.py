@@ -24,7 +24,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from .configs import Config
-from .dit import DiT
+from .dit import PREDICTION, DiT, check_prediction
 from .flow import flow_loss
 from .loader import make_loader
 from .view import check_view, is_view, prepare_view
@@ -109,7 +109,7 @@ def save_checkpoint(st: TrainState, path: str) -> None:
     rng = {"noise": st.gen.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    state = {"config": st.cfg.to_dict(), "step": st.step, "model": st.model.state_dict(),
+    state = {"config": st.cfg.to_dict(), "prediction": PREDICTION, "step": st.step, "model": st.model.state_dict(),
              "ema": st.ema.state_dict(), "optimizer": st.opt.state_dict(), "scheduler": st.sched.state_dict(),
              "rng": rng}
     tmp = path + ".tmp"
@@ -122,6 +122,7 @@ def load_checkpoint(path: str, device: str | torch.device, cfg: Config | None = 
     """Rebuild the training state saved at `path` with its stored config, `steps` replacing the total
     step count when given. `cfg`, when given, is only checked: a run resumes under the config it began."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    check_prediction(ckpt, path)
     saved = Config.from_dict(ckpt["config"])
     if cfg is not None:
         differ = sorted(k for k, v in cfg.to_dict().items() if v != saved.to_dict()[k] and k not in IGNORED_AT_RESUME)
