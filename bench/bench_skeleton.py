@@ -19,6 +19,10 @@ Accuracy: for each part, the distance between a variant's keypoint and today's, 
 manifest's video.max_side), as mean and 95th percentile; `found` is the share of today's found points the
 variant also finds. A variant is kept only where every part's mean and p95 stay within TOL_MEAN_PX / TOL_PX and
 `found` >= TOL_FOUND (values and their reason below).
+`shared_face_*` variants (and `manifest` with face_from_sync) take the face keypoints from the sync stage's
+per-frame landmarks (rec.data["face68"]): the sync stage runs once per file (cached like the person stage; its
+CPU is the sync stage's, not counted here); a file the sync stage does not landmark (no speech) falls back to
+the skeleton's own face landmarker, as in a run (where such a clip never reaches the skeleton).
 Results are written to bench/results/bench_skeleton.json."""
 
 from __future__ import annotations

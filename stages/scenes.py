@@ -18,8 +18,8 @@ runs over the scores of every frame: the same cuts as a full pass whenever no fr
 which the gap's score sees too). bench/bench_scenes.py: cuts and CPU against PySceneDetect's CLI per file.
 
 Decoded frames are scaled to `decode_width` (never up: a 160-px source is compared at 160 px, as the CLI does;
-scaling it up changed the scores enough to miss S14's cut). The adaptive detector and `two_pass: false` decode
-every frame with ffmpeg (`iter_frames`, the source's rate)."""
+scaling it up changed the scores enough to miss S14's cut). The adaptive detector, `two_pass: false`, rotated
+sources and files libav cannot number or read decode every frame with ffmpeg (`iter_frames`, the source's rate)."""
 
 from __future__ import annotations
 
@@ -249,7 +249,8 @@ class ScenesStage(Stage):
         fps = float(rec.probe["fps"])
         size = (int(rec.probe["width"]), int(rec.probe["height"]))
         two = None
-        if p.two_pass and p.detector == "content":
+        # two passes on what libav decodes as it is displayed (a rotated source: ffmpeg's path rotates it)
+        if p.two_pass and p.detector == "content" and not rec.probe.get("rotation"):
             import av
 
             try:
