@@ -168,6 +168,12 @@ class SyncStage(Stage):
 
     # -- per clip ----------------------------------------------------------------------------------------
     def process_one(self, rec: ClipRecord) -> ClipRecord:
+        rec = self._measure_and_decide(rec)
+        if not rec.alive:  # the face points are handed on only to a clip that goes on to the skeleton stage
+            rec.data.pop("face68", None)
+        return rec
+
+    def _measure_and_decide(self, rec: ClipRecord) -> ClipRecord:
         p: SyncParams = self.params
         self.label(rec, "sync_backend", p.backend)
         audio = read_audio(rec.audio_path or rec.source, rec.start_s, rec.end_s, rate=AUDIO_RATE,

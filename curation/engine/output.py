@@ -356,7 +356,9 @@ def record_data_json(rec: ClipRecord) -> str:
             return o.item()
         raise TypeError(f"{type(o).__name__} is not JSON")
 
-    data = {k: v for k, v in rec.data.items() if k != "tracebacks"}
+    # face68: the sync stage's per-frame face points, a hand-off to the skeleton stage (which re-makes them
+    # when they are missing), ~1 MB of JSON per 30 s clip: not worth keeping
+    data = {k: v for k, v in rec.data.items() if k not in ("tracebacks", "face68")}
     return json.dumps({"data": data, "probe": rec.probe}, default=plain)
 
 
