@@ -106,8 +106,8 @@ def _content_detector(p: "ScenesParams", scores=None):
 
 def detect_cuts_two_pass(path: str, src_size: tuple[int, int], p: "ScenesParams") -> tuple[list[int], int, dict] | None:
     """Content cuts from reference frames plus the candidate gaps (module docstring): (cuts, frames, stats
-    {"decoded", "gap_frames", "candidates"}), or None where the stream's timestamps cannot number its frames
-    (missing or repeated presentation timestamps): the caller then decodes every frame."""
+    {"decoded", "gap_frames", "candidates"}), or None where the stream's packets cannot number its frames
+    (missing or repeated presentation timestamps, a packet flagged corrupt): the caller then decodes every frame."""
     import av
     import numpy as np
 
@@ -117,8 +117,8 @@ def detect_cuts_two_pass(path: str, src_size: tuple[int, int], p: "ScenesParams"
         for pkt in c.demux(s):
             if pkt.size == 0:
                 continue
-            if pkt.pts is None:
-                return None
+            if pkt.pts is None or pkt.is_corrupt:  # a damaged packet (a truncated file's last one) decodes to no
+                return None                        # frame that ffmpeg's count would have: decode every frame
             pts.append(pkt.pts)
             if pkt.is_keyframe:
                 keys.append(pkt.pts)
