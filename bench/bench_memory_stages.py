@@ -54,7 +54,7 @@ for r in recs:
 open(dst, "w").write(json.dumps([r.to_bytes().decode("latin-1") for r in out]))
 print("RESULT=" + json.dumps({"stage": stage, "in": len(recs), "out": len(out),
     "active": sum(1 for r in out if stage in r.timings),
-    "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak_rss": next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmHWM:")),  # this image's own peak
     "children_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
     "memory_gb": plan.resources.memory_gb}))
 """
