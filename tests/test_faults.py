@@ -68,6 +68,26 @@ def end_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def kill_when(args: list[str], log: Path, trigger, timeout_s: float, poll_s: float = 0.01,
+              env: dict | None = None) -> bool:
+    """Run `curation args` and SIGKILL the driver as soon as trigger() is true (polled every poll_s, for at most
+    timeout_s or until it exits); then end its process group. True when it was killed."""
+    proc = start_cli(args, log, env)
+    killed = False
+    try:
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < timeout_s:
+            if trigger():
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(poll_s)
+        proc.wait(timeout=60)
+    finally:
+        end_group(proc)
+    return killed
+
+
 def run_ok(args: list[str], log: Path, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> str:
     proc = start_cli(args, log, env, cwd)
     try:
@@ -239,17 +259,8 @@ def test_kill_9_at_any_point_then_rerun_gives_the_uninterrupted_result(kill_inpu
     hit = []
     for what, trigger in kills:
         t_start[0], start_parts[0] = time.monotonic(), _parts(out)
-        proc = start_cli(args, tmp_path / "runs.log")
-        try:
-            while proc.poll() is None and time.monotonic() - t_start[0] < 300:
-                if trigger():
-                    os.kill(proc.pid, signal.SIGKILL)
-                    hit.append((what, _parts(out)))
-                    break
-                time.sleep(0.005)
-            proc.wait(timeout=60)
-        finally:
-            end_group(proc)
+        if kill_when(args, tmp_path / "runs.log", trigger, timeout_s=300, poll_s=0.005):
+            hit.append((what, _parts(out)))
     parts_at_kill = [n for _, n in hit]
     assert len(hit) >= 3, f"only {hit} were killed"
     assert any(0 < n < n_sources for n in parts_at_kill), hit  # at least one kill between commits

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from conftest import FOOTAGE, ROOT
-from test_faults import KILL_MANIFEST, check_output_dir, cli_env, end_group, run_ok, span_table, start_cli
+from test_faults import KILL_MANIFEST, check_output_dir, cli_env, kill_when, run_ok, span_table
 
 MOTO = ROOT / ".venv" / "bin" / "moto_server"
 if not MOTO.exists():
@@ -104,19 +104,9 @@ def test_s3_input_and_output_kill_9_and_readers(s3, tmp_path):
     run_ok(args("s3://talk/ref"), tmp_path / "ref.log", env=env)
 
     # kill -9 of the driver right after its first commit, then the same command again
-    proc = start_cli(args("s3://talk/out"), tmp_path / "killed.log", env=env)
-    killed_at = None
-    try:
-        t0 = time.monotonic()
-        while proc.poll() is None and time.monotonic() - t0 < 600:
-            if _parts(s3fs, "talk/out") >= 1:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_at = _parts(s3fs, "talk/out")
-                break
-            time.sleep(0.05)
-        proc.wait(timeout=60)
-    finally:
-        end_group(proc)
+    killed = kill_when(args("s3://talk/out"), tmp_path / "killed.log", lambda: _parts(s3fs, "talk/out") >= 1,
+                       timeout_s=600, poll_s=0.05, env=env)
+    killed_at = _parts(s3fs, "talk/out") if killed else None
     assert killed_at is not None and killed_at < 4, (killed_at, (tmp_path / "killed.log").read_text()[-3000:])
     text = run_ok(args("s3://talk/out"), tmp_path / "rerun.log", env=env)
     assert "already done" in text

@@ -147,29 +147,18 @@ def small_runs(tmp_path_factory):
 
 
 def test_select_from_score_only_equals_a_normal_run_and_resumes_after_kill_9(small_runs, tmp_path):
-    import signal
-    import time
-
-    from test_faults import check_output_dir, end_group, run_ok, span_table, start_cli
+    from test_faults import check_output_dir, kill_when, run_ok, span_table
 
     so, normal = small_runs
     assert pd.read_parquet(so / "audit" / "clips.parquet")["record_data"].notna().any()
     dst = tmp_path / "selected"
     args = ["select", str(so), "--out", str(dst), "--num-cpus", "2"]
-    proc = start_cli(args, tmp_path / "kill.log")
-    killed_at = None
-    try:
-        t0 = time.monotonic()
-        while proc.poll() is None and time.monotonic() - t0 < 900:
-            parts = list((dst / "audit" / "parts").glob("sources-*.parquet"))
-            if parts:  # the first source committed, the others still to write
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_at = len(parts)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=60)
-    finally:
-        end_group(proc)
+
+    def committed() -> int:
+        return len(list((dst / "audit" / "parts").glob("sources-*.parquet")))
+
+    # killed once the first source is committed, the others still to write
+    killed_at = committed() if kill_when(args, tmp_path / "kill.log", lambda: committed() > 0, timeout_s=900) else None
     assert killed_at is not None and killed_at < 3, (killed_at, (tmp_path / "kill.log").read_text()[-3000:])
     assert not (dst / "audit" / "select.json").exists()
 

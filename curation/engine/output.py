@@ -141,25 +141,21 @@ class Store:
 
     def list(self, rel: str) -> list[str]:
         """Names of the files directly in directory `rel` (none if it does not exist)."""
-        if self.remote:
-            from pyarrow import fs
-
-            sel = fs.FileSelector(self._p(rel), allow_not_found=True, recursive=False)
-            return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == fs.FileType.File)
-        try:
-            return sorted(e.name for e in os.scandir(self._p(rel)) if e.is_file())
-        except FileNotFoundError:
-            return []
+        return self._entries(rel, dirs=False)
 
     def list_dirs(self, rel: str) -> list[str]:
         """Names of the directories directly in `rel` (object stores: the common prefixes)."""
+        return self._entries(rel, dirs=True)
+
+    def _entries(self, rel: str, dirs: bool) -> list[str]:
         if self.remote:
             from pyarrow import fs
 
+            kind = fs.FileType.Directory if dirs else fs.FileType.File
             sel = fs.FileSelector(self._p(rel), allow_not_found=True, recursive=False)
-            return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == fs.FileType.Directory)
+            return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == kind)
         try:
-            return sorted(e.name for e in os.scandir(self._p(rel)) if e.is_dir())
+            return sorted(e.name for e in os.scandir(self._p(rel)) if (e.is_dir() if dirs else e.is_file()))
         except FileNotFoundError:
             return []
 
