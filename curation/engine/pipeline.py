@@ -390,6 +390,10 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str
     # block per record costs little; Ray Data slices every output into blocks of at most this many bytes, and
     # never below one row.
     ctx.target_max_block_size = 1
+    # Each actor pool starts work once its minimum actors are up (plan_stages fits them to the cluster). Started
+    # asynchronously (Ray Data's default), the first actor to load its models takes every block of a short run
+    # while the others on other nodes are still loading. Ray Data raises after this long if they never come up.
+    ctx.wait_for_min_actors_s = 600
     ds = ray.data.from_items([{"key": r.key, "rec": r.to_bytes()} for r in records],
                              override_num_blocks=max(1, len(records)))
     prev_task: dict | None = None  # the request of the step before, where it was a task stage
