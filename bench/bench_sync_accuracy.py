@@ -1,7 +1,16 @@
-"""Accuracy of the sync stage's weights-free (`landmarks`) backend on the shared in-sync footage.
+"""Accuracy of the sync stage's backends on the shared in-sync footage: the weights-free `landmarks` backend
+(the default manifest's) and, where syncnet_v2.model is at hand, SyncNet (the talkverse manifest's).
 
     PYTHONPATH=. .venv/bin/python bench/bench_sync_accuracy.py [--method cca|envelope] [--set KEY=VALUE ...]
                                                                [--cache DIR] [--json OUT]
+                                                               [--syncnet PATH [--no-sha256-check]]
+
+--syncnet PATH (syncnet_v2.model, checked against the registry's sha256 unless --no-sha256-check) scores the
+same originals, shifted and swapped audio with the stage's SyncNet path (syncnet-python's crops, MFCC, offset
+search and confidence, batched: curation/perception/syncnet.py; the face crops and their embeddings once per
+clip) and prints the same tables for it, at the manifest's syncnet_min_conf and cross-validated. That is also
+the reference the landmarks backend cannot have offline: SyncNet's offsets on the originals say whether an
+in-sync clip that every weights-free estimator puts 2-3 frames off (S08, S15) really is off.
 
 From every in-sync clip of ../shared/footage (IN_SYNC below; FOOTAGE.md) it makes:
 - the original;
@@ -218,6 +227,63 @@ def score_all(clips: dict, sync, loo_projection: bool) -> list[dict]:
     return rows
 
 
+def score_all_syncnet(clips: dict, sync, fast) -> list[dict]:
+    """score_all's rows for the syncnet backend: the clip's 224-px mouth crops (syncnet-python's geometry on the
+    person stage's face track) and their SyncNet embeddings once per clip, every audio variant and every other
+    clip's speech against them."""
+    from curation.media.ffmpeg import iter_frames
+    from curation.perception import syncnet as sn
+    from curation.perception.tracks import boxes_at, frame_times
+
+    vshift = sync.params.vshift
+    rows = []
+    feats = {}
+    for v, c in clips.items():
+        cpu = {}
+        with cpu_meter(cpu, "video"):
+            rec = c["rec"]
+            rects = sn.crop_rects(boxes_at(rec.data["face_track"], frame_times(rec.start_s, rec.end_s, FPS)))
+            region = sn.union_region(rects, int(rec.probe["width"]), int(rec.probe["height"]))
+            frames = iter_frames(rec.source, rec.start_s, rec.end_s, fps=FPS, crop=region, pix_fmt="bgr24")
+            feats[v] = fast.lip_features(sn.iter_crops(frames, region[:2], rects))
+        c["cpu"]["syncnet_video"] = cpu["video"]
+
+    def measure(v: str, audio: np.ndarray) -> dict:
+        im = feats[v]
+        a16 = sn.to_int16(audio)
+        last = min(im.shape[0] + fast.tsize - 1, len(a16) // (16000 // int(FPS))) - 5
+        if last < 1:
+            return {"offset": None, "conf": None, "offset_envelope": None, "conf_envelope": None}
+        res = sn.distances_to_result(im[:last], fast.audio_features(sn.mfcc(a16), last), vshift)
+        return {"offset": res.offset, "conf": res.conf, "offset_envelope": None, "conf_envelope": None}
+
+    for v, c in clips.items():
+        for s, audio in c["audio"].items():
+            cpu = {}
+            with cpu_meter(cpu, "t"):
+                m = measure(v, audio)
+            if s == 0:
+                c["cpu"]["syncnet_audio"] = cpu["t"]
+            rows.append({"clip": v, "audio": v, "kind": "original" if s == 0 else f"shift{s:+d}", "truth": s, **m})
+        for a in clips:
+            if a != v:
+                rows.append({"clip": v, "audio": a, "kind": "swapped", "truth": None, **measure(v, clips[a]["audio"][0])})
+    return rows
+
+
+def decide_syncnet(row: dict, th: dict, p) -> dict:
+    """The syncnet backend's decision (stages/sync.py): low_sync_conf under min_conf, then av_offset over
+    max_abs_offset; a kept clip's audio is shifted at min_conf (the stage shifts at syncnet_min_conf)."""
+    from stages.sync import shift_decision
+
+    if row["offset"] is None:
+        return {"kept": False, "reason": "sync_unmeasured", "offset": None, "shift": 0}
+    off = row["offset"] - th["lag"]
+    reason = "low_sync_conf" if row["conf"] < th["min_conf"] else ("av_offset" if abs(off) > p.max_abs_offset else None)
+    shift, _ = shift_decision(int(off), float(row["conf"]), reason is None, p.shift_audio, th["shift_conf"])
+    return {"kept": reason is None, "reason": reason, "offset": off, "shift": shift}
+
+
 # -- decisions ------------------------------------------------------------------------------------------------
 
 def decide(row: dict, th: dict, p) -> dict:
@@ -330,6 +396,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write every row and the summary here")
     ap.add_argument("--fit", default=None, help="cca: fit the projection on every in-sync clip and write it here "
                                                  "(curation/perception/avsync_projection.json is the packaged one)")
+    ap.add_argument("--syncnet", default=None, metavar="PATH",
+                    help="syncnet_v2.model: also benchmark the syncnet backend (module docstring)")
+    ap.add_argument("--no-sha256-check", action="store_true",
+                    help="--syncnet: do not check the file against the registry's sha256 (weights made for a test)")
     args = ap.parse_args()
 
     import yaml
@@ -340,8 +410,9 @@ def main() -> None:
     probe, person, sync = load_stages(upd)
     p = sync.params
     names = [n for n in IN_SYNC if args.clips is None or short(n) in args.clips]
-    print(f"sync accuracy: backend landmarks, method {p.landmarks_method}; syncnet: not benchmarked "
-          f"(syncnet_v2.model is not available offline)", flush=True)
+    print(f"sync accuracy: backend landmarks, method {p.landmarks_method}; syncnet: "
+          + (f"{args.syncnet}" if args.syncnet else "not benchmarked (no --syncnet PATH: syncnet_v2.model is not "
+                                                    "available offline)"), flush=True)
     cache = Path(args.cache)
     t0 = time.time()
     clips = prepare(names, cache, probe, person, sync)
@@ -406,12 +477,61 @@ def main() -> None:
     lines.append(f"CPU: {cpu:.1f} CPU-s for {dur:.1f} s of footage = {cpu / dur:.3f} CPU-s per footage-second "
                  f"(landmarks {sum(c['cpu'].get('landmarks', 0) for c in clips.values()) / dur:.3f}, estimate "
                  f"{est / dur:.3f}; landmark CPU from the run that filled the cache; 2 shared cores: noisy)")
+    if args.syncnet:
+        lines += syncnet_tables(clips, vo, sync, args)
     lines.append(f"bench wall time {time.time() - t0:.0f} s")
     print("\n".join(lines), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "summary": lines}, default=float, indent=1))
     sync.close()
     person.close()
+
+
+def syncnet_tables(clips: dict, vo: dict, sync, args) -> list[str]:
+    """The landmarks tables again for the syncnet backend: manifest threshold (syncnet_min_conf) and
+    leave-one-clip-out thresholds, separation, per-clip offsets, the voice-over clips and the CPU cost."""
+    import torch
+
+    from curation.perception.syncnet import FastSyncNet, load_syncnet
+
+    p = sync.params
+    torch.set_num_threads(max(1, p.threads))
+    net = load_syncnet(args.syncnet, None if args.no_sha256_check else p.syncnet_sha256)
+    fast = FastSyncNet(net, "cuda" if torch.cuda.is_available() else "cpu", p.syncnet_batch_windows)
+    both = {**clips, **vo}
+    rows_all = score_all_syncnet(both, sync, fast)
+    rows = [r for r in rows_all if r["clip"] in clips and r["audio"] in clips]
+    lines = [f"=== backend syncnet ({args.syncnet}; device {fast.device})"]
+    th_m = {"lag": 0, "min_conf": p.syncnet_min_conf, "shift_conf": p.syncnet_min_conf, "not_speaker": 0.0}
+    lines += summarise(rows, [decide_syncnet(r, th_m, p) for r in rows], f"manifest threshold syncnet_min_conf "
+                       f"{p.syncnet_min_conf} (max_abs_offset {p.max_abs_offset})")
+    loo = [None] * len(rows)
+    for v in clips:
+        others = [r for r in rows if r["clip"] != v and r["offset"] is not None]
+        orig = [r for r in others if r["kind"] == "original"]
+        t, _ = best_separation(np.array([r["conf"] for r in orig]),
+                               np.array([r["conf"] for r in others if r["kind"] == "swapped"]))
+        th = {"lag": int(np.median([r["offset"] for r in orig])) if orig else 0, "min_conf": t, "shift_conf": t,
+              "not_speaker": 0.0}
+        for i, r in enumerate(rows):
+            if r["clip"] == v:
+                loo[i] = decide_syncnet(r, th, p)
+    lines += summarise(rows, loo, "leave-one-clip-out: lag = median offset of the other originals, min_conf = "
+                                  "their best separation from their swapped pairs")
+    lines.append("per clip (original): " + " ".join(
+        f"{r['clip']}:{r['offset']}/{'-' if r['conf'] is None else round(r['conf'], 2)}" for r in rows
+        if r["kind"] == "original"))
+    for r in rows_all:
+        if r["clip"] in vo and r["kind"] == "original":
+            d = decide_syncnet(r, th_m, p)
+            lines.append(f"voice-over {r['clip']}: offset {r['offset']}, conf "
+                         f"{'-' if r['conf'] is None else round(r['conf'], 3)} -> manifest: {d['reason'] or 'kept'}")
+    cpu = sum(c["cpu"].get("syncnet_video", 0) + c["cpu"].get("syncnet_audio", 0) + c["cpu"].get("audio", 0)
+              + c["cpu"].get("vad", 0) for c in clips.values())
+    dur = sum(c["duration"] for c in clips.values())
+    lines.append(f"syncnet CPU: {cpu:.1f} CPU-s for {dur:.1f} s of footage = {cpu / dur:.3f} CPU-s per footage-second "
+                 f"(crops + embeddings, one audio, VAD; on {fast.device})")
+    return lines
 
 
 if __name__ == "__main__":
