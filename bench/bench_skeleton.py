@@ -7,8 +7,9 @@ on whole files of the shared footage.
 Each file goes through the person stage once (default params; its face track and person box are the
 skeleton's input; its time is not counted; the records are cached in bench/results/ by file name, size and
 mtime) and then through the skeleton stage once per variant. A variant is a set of skeleton params over the
-manifest's; `today` is the stage as it was before issue 16 (every part on every frame, 512-px work size) and
-is the reference every other variant's keypoints are compared with.
+manifest's; `today` is the stage as it was before issue 16 (every part on every frame, 512-px work size); the
+reference every variant (today included) is compared with is the consensus of today on slightly rescaled inputs
+(below).
 
 Cost: process CPU seconds (this process and its waited-for children, i.e. the ffmpeg decode) per footage
 second, split into pose / hands / face (CPU of the landmarker calls, MediaPipeWholebody.cpu) and the rest
