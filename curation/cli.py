@@ -58,6 +58,33 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         return _fail(str(e))
 
 
+def cmd_sync_view(a: argparse.Namespace) -> int:
+    from curation.report import sync_view
+
+    try:
+        span = tuple(float(x) for x in a.span.split(":")) if a.span else None
+        if span is not None and len(span) != 2:
+            return _fail(f"--span {a.span}: give START:END in seconds")
+        if a.source:
+            if a.dir or a.key:
+                return _fail("give either DIR KEY (a kept clip) or --source FILE (a span of a source), not both")
+            sig = sync_view.from_source(a.source, a.start, a.end, a.weights, a.manifest)
+        elif a.dir and a.key:
+            sig = sync_view.from_output(a.dir, a.key)
+        else:
+            return _fail("give DIR KEY (a kept clip of an output) or --source FILE")
+        out = a.out or f"sync-{a.key or Path(a.source).stem}.png"
+        drawn = sync_view.render(sig, out, span, a.shift)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+        return _fail(str(e).strip('"'))
+    env = (f"envelope estimator on it: {drawn['envelope_offset']:+d} frames (confidence {drawn['envelope_conf']:.2f})"
+           if drawn["envelope_offset"] is not None else "too short for the lag curve")
+    print(f"{out}: {drawn['frames']} frames, {drawn['span'][0]:.2f}-{drawn['span'][1]:.2f} s; {env}")
+    for k, v in sig.facts.items():
+        print(f"  {k}: {sync_view._fmt(v)}")
+    return 0
+
+
 def cmd_weights(a: argparse.Namespace) -> int:
     from curation.weights import REGISTRY, check_file, fetch, local_path, weights_dir
 
@@ -169,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("shard", metavar="SHARD.tar", help="a shard written by `curation run`")
     i.add_argument("--json", action="store_true", help="print each sample's json instead of a table")
     i.set_defaults(func=cmd_inspect)
+
+    v = sub.add_parser("sync-view", help="draw a clip's lips against its sound, frame by frame, to check sync by eye",
+                       description="One PNG: the inner-lip gap per frame over the spectrogram on one time axis, and "
+                                   "the envelope estimator's lag curve. DIR KEY: a kept clip as written (its pose.npz "
+                                   "face points and its wav, after the writer's audio shift; no model runs). --source "
+                                   "FILE: a span of a source file (the person stage and the sync stage's landmark pass "
+                                   "run on it; the title gives the sync stage's offset and confidence).")
+    v.add_argument("dir", metavar="DIR", nargs="?", help="an output directory of `curation run`")
+    v.add_argument("key", metavar="KEY", nargs="?", help="a kept clip's key (index.parquet)")
+    v.add_argument("--source", metavar="FILE", help="a source video instead of a kept clip")
+    v.add_argument("--start", type=float, default=0.0, help="--source: span start (s)")
+    v.add_argument("--end", type=float, default=None, help="--source: span end (s; default: the end of the file)")
+    v.add_argument("--span", metavar="A:B", help="seconds of the clip to draw (default: all of it, at most 12 s)")
+    v.add_argument("--shift", type=float, default=0.0,
+                   help="preview the audio taken this many frames later (what a writer's shift of that size does)")
+    v.add_argument("--out", metavar="PNG", help="output picture (default: sync-KEY.png)")
+    v.add_argument("--weights", metavar="DIR", default=None, help="--source: weights directory (as for run)")
+    v.add_argument("--manifest", metavar="FILE", default=None, help="--source: manifest (as for run)")
+    v.set_defaults(func=cmd_sync_view)
 
     w = sub.add_parser("weights", help="list or fetch the pretrained weight files",
                        description="`list` shows which weight files are present in the weights directory; "

@@ -160,6 +160,7 @@ FAST = {
     "test_person.py": {"test_link_follows_a_moving_face_and_splits_two_people", "test_decide_counts_a_body_without_a_face",
                        "test_missing_weights_fail_at_startup"},
     "test_quality.py": {"test_startup_checks"},
+    "test_sync_view.py": {"test_lip_gap_ibug_and_audio_shift"},
     "test_skeleton.py": {"test_body_feet_hand_tables_match_mediapipe_names", "test_face_table_regions_are_mediapipe_regions",
                          "test_pose_npz_encoding_and_talkverse_face_boxes", "test_summary_columns",
                          "test_dwpose_without_weights_fails_at_start_up"},
