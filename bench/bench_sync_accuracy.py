@@ -31,7 +31,8 @@ It prints, for the manifest's sync params (with --set overrides; --method envelo
   median offset of their originals; min_conf = the best separating threshold of their in-sync originals
   against their swapped pairs; not_speaker = the median confidence of their swapped pairs; shift_min_conf =
   the lowest confidence above which every kept clip of theirs lands within +-1 frame after the writer's shift
-  and above every original of theirs that is 2+ frames off (the envelope vote keeps the manifest's values);
+  (the offset less shift_margin_frames toward zero) and above every original of theirs that the shift would
+  move by 2+ frames (the envelope vote keeps the manifest's values);
 - confidence of in-sync against mismatched: best separating threshold and its error rate (all clips, and LOO);
 - for in-sync originals, how far from the truth each kept clip's audio ends after the writer's shift;
 - CPU seconds (this process and its ffmpeg children) per footage-second of the stage: the landmark pass, the
@@ -280,7 +281,8 @@ def decide_syncnet(row: dict, th: dict, p) -> dict:
         return {"kept": False, "reason": "sync_unmeasured", "offset": None, "shift": 0}
     off = row["offset"] - th["lag"]
     reason = "low_sync_conf" if row["conf"] < th["min_conf"] else ("av_offset" if abs(off) > p.max_abs_offset else None)
-    shift, _ = shift_decision(int(off), float(row["conf"]), reason is None, p.shift_audio, th["shift_conf"])
+    shift, _ = shift_decision(int(off), float(row["conf"]), reason is None, p.shift_audio, th["shift_conf"],
+                              p.shift_margin_frames)
     return {"kept": reason is None, "reason": reason, "offset": off, "shift": shift}
 
 
@@ -302,7 +304,8 @@ def decide(row: dict, th: dict, p) -> dict:
     if reason is None and abs(m["offset"]) > p.max_abs_offset:
         reason = "av_offset"
     kept = reason is None
-    shift, _ = shift_decision(int(m["offset"]), float(m["conf"]), kept, p.shift_audio, th["shift_conf"])
+    shift, _ = shift_decision(int(m["offset"]), float(m["conf"]), kept, p.shift_audio, th["shift_conf"],
+                              p.shift_margin_frames)
     return {"kept": kept, "reason": reason, "offset": m["offset"], "shift": shift}
 
 
@@ -325,14 +328,19 @@ def choose_thresholds(rows: list[dict], clips: list[str], max_abs: int, p) -> di
     neg = np.array([r["conf"] for r in tr if r["kind"] == "swapped"])
     min_conf, _ = best_separation(pos, neg)
     not_speaker = min(min_conf, float(np.median(neg)))  # under the median of other speakers' speech
-    # shift: the lowest t such that every kept in-tolerance clip (originals, +-2) with conf >= t has
-    # |offset - truth| <= 1 (so that shifting by the offset lands within a frame of the truth)
+    # shift: the lowest t such that every kept in-tolerance clip (originals, +-2) with conf >= t lands within a
+    # frame of the truth after the writer's shift (the offset less shift_margin_frames toward zero)
+    def applied(r):
+        o = r["offset"] - lag
+        return (abs(o) - margin) * (1 if o > 0 else -1) if abs(o) > margin else 0
+
+    margin = p.shift_margin_frames
     cand = [r for r in tr if r["truth"] is not None and abs(r["truth"]) <= max_abs and r["conf"] >= min_conf
-            and abs(r["offset"] - lag) <= max_abs and r["offset"] - lag != 0]
-    bad = [r["conf"] for r in cand if abs(r["offset"] - lag - r["truth"]) > 1]
+            and abs(r["offset"] - lag) <= max_abs and applied(r) != 0]
+    bad = [r["conf"] for r in cand if abs(applied(r) - r["truth"]) > 1]
     shift_conf = max(max(bad) + 1e-6 if bad else min_conf, min_conf)
-    # and above every in-sync original whose offset is 2 frames or more off (its shift would damage it)
-    far = [r["conf"] for r in orig if abs(r["offset"] - lag) >= 2]
+    # and above every in-sync original that the shift would move by 2 frames or more (it would damage it)
+    far = [r["conf"] for r in orig if abs(applied(r)) >= 2]
     shift_conf = max([shift_conf] + [c + 1e-6 for c in far])
     return {"lag": lag, "min_conf": min_conf, "shift_conf": shift_conf, "not_speaker": not_speaker}
 

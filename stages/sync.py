@@ -3,6 +3,10 @@ face track of the person stage (no second face detection), rejects clips without
 whose speech is not the visible person's, and hands the writer the offset of kept clips when the evidence
 supports shifting their audio by it.
 
+The writer's shift stops `shift_margin_frames` (1) short of the offset, toward zero: an offset of +3 shifts the
+audio by 2, one of +-1 not at all. A shift by an offset that is one frame too large (the estimators' usual
+error) then still leaves the clip within a frame of the truth, and a true offset is left at most a frame off.
+
 Convention: offsets in video frames (the manifest's fps; 25 in every shipped manifest); positive = the audio
 lags the video (the writer takes the audio `offset` frames later to put it in sync).
 
@@ -55,6 +59,7 @@ class SyncParams(Params):
     max_abs_offset: int = Field(3, ge=0, description="av_offset when |offset| exceeds this (frames at 25 fps)")
     shift_audio: bool = Field(True, description="kept clips with a non-zero offset get their audio shifted by it (landmarks: when the confidence supports it)")
     unsure_offset: Literal["keep_unshifted", "reject"] = Field("keep_unshifted", description="a kept clip whose non-zero offset is not confident enough to shift by: kept with its audio as it is, or rejected as unsure_offset")
+    shift_margin_frames: int = Field(1, ge=0, le=3, description="the writer shifts the audio by the offset less this many frames toward zero (+3 -> +2; +-1 -> no shift): a shift that stops a frame short never over-corrects a clip by the estimator's one-frame error, and leaves at most this many frames of a true offset")
     # -- speech presence (both backends) --
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability that counts a 32 ms chunk as speech")
     min_speech_ratio: float = Field(0.02, ge=0, le=1, description="no_speech below this share of speech chunks")
@@ -204,7 +209,8 @@ class SyncStage(Stage):
             return self._unmeasured(rec)
         ok_conf = self.check(rec, "sync_conf", conf)
         ok_off = self.check(rec, "sync_offset", offset)
-        shift, decision = shift_decision(int(offset), float(conf), ok_conf and ok_off, p.shift_audio, shift_conf)
+        shift, decision = shift_decision(int(offset), float(conf), ok_conf and ok_off, p.shift_audio, shift_conf,
+                                         p.shift_margin_frames)
         if decision == "unsure" and p.unsure_offset == "reject":
             self.reject(rec, "unsure_offset", f"sync_offset={offset} with sync_conf={conf:.3g} < {shift_conf:g} "
                                               "(the confidence needed to shift the audio)")
@@ -349,17 +355,19 @@ def landmarks_conf_verdict(m: dict, p: SyncParams) -> str | None:
     return "low_sync_conf" if m["conf"] < p.landmarks_min_conf else None
 
 
-def shift_decision(offset: int, conf: float, kept: bool, shift_audio: bool, shift_min_conf: float) -> tuple[int, str]:
-    """(frames to shift the audio by, what was decided): `none` (offset 0 or the clip is rejected), `off`
-    (shift_audio is false), `shifted` (the confidence supports the offset), `unsure` (kept with a non-zero
-    offset whose confidence is under `shift_min_conf`: the audio is left as it is, or the clip rejected, as
-    the manifest's `unsure_offset` says)."""
-    if not kept or offset == 0:
+def shift_decision(offset: int, conf: float, kept: bool, shift_audio: bool, shift_min_conf: float,
+                   margin: int = 0) -> tuple[int, str]:
+    """(frames to shift the audio by, what was decided): `none` (|offset| <= margin, or the clip is
+    rejected), `off` (shift_audio is false), `shifted` (the confidence supports the offset: the shift is the
+    offset less `margin` frames toward zero, so that an offset one frame too large still leaves the clip within
+    a frame of the truth), `unsure` (kept with an offset beyond the margin whose confidence is under
+    `shift_min_conf`: the audio is left as it is, or the clip rejected, as the manifest's `unsure_offset` says)."""
+    if not kept or abs(offset) <= margin:
         return 0, "none"
     if not shift_audio:
         return 0, "off"
     if conf >= shift_min_conf:
-        return offset, "shifted"
+        return (abs(offset) - margin) * (1 if offset > 0 else -1), "shifted"
     return 0, "unsure"
 
 

@@ -161,6 +161,7 @@ FAST = {
                        "test_missing_weights_fail_at_startup"},
     "test_quality.py": {"test_startup_checks"},
     "test_sync_view.py": {"test_lip_gap_ibug_and_audio_shift"},
+    "test_sync.py": {"test_shift_decision_stops_a_margin_short"},
     "test_skeleton.py": {"test_body_feet_hand_tables_match_mediapipe_names", "test_face_table_regions_are_mediapipe_regions",
                          "test_pose_npz_encoding_and_talkverse_face_boxes", "test_summary_columns",
                          "test_dwpose_without_weights_fails_at_start_up"},

@@ -266,7 +266,9 @@ def test_audio_shift_at_30_fps(footage, weights_dir, tmp_path):
     person = PersonStage(m.params("person"), ctx)
     # this test is about counting the shift in frames of the video rate, not about when the evidence allows
     # shifting (landmarks_shift_min_conf, tests/test_sync.py): every confident-enough offset is shifted here
-    sync = SyncStage(m.params("sync").model_copy(update={"max_abs_offset": 15, "landmarks_shift_min_conf": 0.0}), ctx)
+    # and the whole offset (shift_margin_frames 0; the margin is tested in tests/test_sync.py)
+    sync = SyncStage(m.params("sync").model_copy(update={"max_abs_offset": 15, "landmarks_shift_min_conf": 0.0,
+                                                         "shift_margin_frames": 0}), ctx)
     (rec,) = person.process([clip_record(delayed, 1.0, 7.0)])
     (rec,) = sync.process([rec])
     person.close()

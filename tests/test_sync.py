@@ -108,9 +108,8 @@ def test_a1_in_sync(a1_synced):
     assert abs(off) <= 1
     assert rec.scores["speech_ratio"] > 0.5
     assert rec.scores["sync_face_frac"] > 0.95
-    # a kept clip with a non-zero offset gets its audio shifted by it; with zero, nothing is shifted
-    assert rec.scores["sync_shift_frames"] == off
-    assert rec.data.get("audio_shift_frames", 0) == off
+    # an offset within the shift margin (1 frame) is never shifted: the writer leaves the audio as it is
+    assert rec.scores["sync_shift_frames"] == 0 and "audio_shift_frames" not in rec.data
 
 
 def test_e1_piece_in_sync(landmarks_stage, person_stage, footage):
@@ -345,7 +344,7 @@ def test_writer_does_not_shift_an_unreliable_offset(landmarks_stage, person_stag
     landmarks_shift_min_conf (the level above which, on the benchmark, offsets are within a frame of the
     truth): the clip is kept and the writer leaves its audio where it is (the first estimator's writer
     shifted such clips by their offset, putting them out of sync). With the shift level at 0 the writer does
-    shift it, by the offset; with unsure_offset: reject it is rejected."""
+    shift it, by the offset less shift_margin_frames; with unsure_offset: reject it is rejected."""
     import io
 
     from scipy.io import wavfile
@@ -360,7 +359,7 @@ def test_writer_does_not_shift_an_unreliable_offset(landmarks_stage, person_stag
     (rec,) = landmarks_stage.process([copy.deepcopy(a4)])
     assert rec.alive, (rec.reason, rec.message)
     off = rec.scores["sync_offset"]
-    assert off != 0 and rec.scores["sync_conf"] < p.landmarks_shift_min_conf, rec.scores
+    assert abs(off) > p.shift_margin_frames and rec.scores["sync_conf"] < p.landmarks_shift_min_conf, rec.scores
     assert rec.labels["sync_shift"] == "unsure" and rec.scores["sync_shift_frames"] == 0
     assert "audio_shift_frames" not in rec.data
 
@@ -380,8 +379,10 @@ def test_writer_does_not_shift_an_unreliable_offset(landmarks_stage, person_stag
     sure.close()
     assert shifted.alive and shifted.labels["sync_shift"] == "shifted", shifted.labels
     off2 = shifted.scores["sync_offset"]
-    assert off2 != 0 and shifted.data["audio_shift_frames"] == off2
-    assert abs(written_lag(shifted) - off2 * 640) <= 80  # 640 samples a frame at 16 kHz, 25 fps
+    # the offset less the margin, toward zero (-2 -> -1): a frame short, never past the truth by the estimate's error
+    want = off2 - np.sign(off2) * p.shift_margin_frames
+    assert abs(off2) > p.shift_margin_frames and shifted.data["audio_shift_frames"] == want
+    assert abs(written_lag(shifted) - want * 640) <= 80  # 640 samples a frame at 16 kHz, 25 fps
     strict = SyncStage(p.model_copy(update={"unsure_offset": "reject"}), ctx)
     (rej,) = strict.process([copy.deepcopy(a4)])
     strict.close()
@@ -407,3 +408,19 @@ def test_nothing_measured_is_null(landmarks_stage, a1_tracked):
     assert not r.alive and r.reason == "sync_unmeasured" and "not measured" in r.message, (r.reason, r.message)
     assert r.scores["sync_offset"] is None and r.scores["sync_conf"] is None
     assert r.scores["sync_shift_frames"] is None and "audio_shift_frames" not in r.data
+
+
+def test_shift_decision_stops_a_margin_short():
+    """The writer's shift: the offset less the margin toward zero, only at the shift confidence, never for a
+    rejected clip; an offset within the margin is left alone whatever the confidence (so never `unsure`)."""
+    from stages.sync import shift_decision
+
+    assert shift_decision(3, 9.0, True, True, 3.9, 1) == (2, "shifted")
+    assert shift_decision(-2, 9.0, True, True, 3.9, 1) == (-1, "shifted")
+    assert shift_decision(-2, 9.0, True, True, 3.9, 0) == (-2, "shifted")
+    assert shift_decision(1, 0.1, True, True, 3.9, 1) == (0, "none")
+    assert shift_decision(-1, 0.1, True, True, 3.9, 0) == (0, "unsure")
+    assert shift_decision(2, 1.0, True, True, 3.9, 1) == (0, "unsure")
+    assert shift_decision(2, 9.0, True, False, 3.9, 1) == (0, "off")
+    assert shift_decision(3, 9.0, False, True, 3.9, 1) == (0, "none")
+    assert shift_decision(0, 9.0, True, True, 3.9, 0) == (0, "none")
