@@ -29,7 +29,8 @@ It prints, for the manifest's sync params (with --set overrides; --method envelo
 - the same decisions cross-validated leave-one-clip-out: the held-out clip is scored with a cca projection
   fitted on the other clips only, and judged with thresholds chosen on the other clips only: lag correction =
   median offset of their originals; min_conf = the best separating threshold of their in-sync originals
-  against their swapped pairs; not_speaker = the median confidence of their swapped pairs; shift_min_conf =
+  against their swapped pairs; not_speaker = the lowest confidence of their in-sync originals that the envelope
+  estimator does not vouch for (none of them would be called not_speaker), at most min_conf; shift_min_conf =
   the lowest confidence above which every kept clip of theirs lands within +-1 frame after the writer's shift
   (the offset less shift_margin_frames toward zero) and above every original of theirs that the shift would
   move by 2+ frames (the envelope vote keeps the manifest's values);
@@ -327,7 +328,11 @@ def choose_thresholds(rows: list[dict], clips: list[str], max_abs: int, p) -> di
     pos = np.array([r["conf"] for r in orig])
     neg = np.array([r["conf"] for r in tr if r["kind"] == "swapped"])
     min_conf, _ = best_separation(pos, neg)
-    not_speaker = min(min_conf, float(np.median(neg)))  # under the median of other speakers' speech
+    # not_speaker: the highest level under which none of their in-sync originals falls without the envelope's
+    # vote (so it calls no real speaker of theirs not_speaker), at most min_conf
+    from stages.sync import envelope_vouches
+
+    not_speaker = min([min_conf] + [r["conf"] for r in orig if not envelope_vouches(r, p)])
     # shift: the lowest t such that every kept in-tolerance clip (originals, +-2) with conf >= t lands within a
     # frame of the truth after the writer's shift (the offset less shift_margin_frames toward zero)
     def applied(r):

@@ -15,8 +15,8 @@ Backends:
   lip, jaw and reference landmarks per frame, made once per clip (`face_landmarks`: small arrays that any
   number of audio tracks can be scored against with `measure`). Two estimators on them:
   `cca` (curation/perception/avsync.py): lip/jaw geometry against log-mel context through a canonical
-  projection fitted on in-sync footage, correlated per lag; confidence = how far the best lag stands out
-  (robust z-score);
+  projection fitted on in-sync footage, correlated per lag; confidence = how far the best lag's correlation
+  stands out above the median lag's, in standard errors of a correlation over the clip's frames;
   `envelope` (curation/perception/lipsignal.py, the first estimator): mouth opening against 1.5-3.5 kHz log
   energy, normalised cross-correlation; confidence = peak minus median correlation.
   With `landmarks_method: cca` a clip passes the confidence test when the cca confidence reaches
@@ -65,7 +65,7 @@ class SyncParams(Params):
     min_speech_ratio: float = Field(0.02, ge=0, le=1, description="no_speech below this share of speech chunks")
     # -- landmarks backend --
     landmarks_method: Literal["cca", "envelope"] = Field("cca", description="cca: lip/jaw geometry vs. log-mel bands through a canonical projection fitted on in-sync footage, correlated per lag (curation/perception/avsync.py); envelope: the first estimator, mouth opening vs. 1.5-3.5 kHz energy")
-    landmarks_min_conf: float = Field(0.3, description="low_sync_conf below this (cca: how far the best lag stands out, a robust z-score; envelope: peak minus median correlation)")
+    landmarks_min_conf: float = Field(0.3, description="low_sync_conf below this (cca: how far the best lag's correlation stands out above the median lag's, in standard errors: Fisher z * sqrt(frames - 3); envelope: peak minus median correlation)")
     landmarks_envelope_min_conf: float = Field(0.3, description="cca: the envelope estimator's confidence (peak minus median correlation) that, at an offset agreeing with the cca one, passes a clip whose cca confidence is under landmarks_min_conf")
     landmarks_vote_frames: int = Field(2, ge=0, description="cca: the two estimators agree when their offsets differ by at most this (frames)")
     landmarks_not_speaker_conf: float = Field(0.0, description="not_speaker below this confidence (speech and a face, but no lag at which the lips follow the speech)")

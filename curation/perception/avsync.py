@@ -12,8 +12,9 @@ footage, then used to find the lag at which a clip's audio best explains its lip
   footage by bench/bench_sync_accuracy.py --fit);
 - per clip: the correlation of the projected video with the projected audio `lag` frames later, for every
   lag in -max_lag..max_lag, on the same video frames for every lag (max_lag frames in from each end);
-- offset = the lag of the peak; confidence = how far the peak stands out, in SyncNet's spirit: (peak - median
-  of the lags more than `exclude` frames away) / the spread (MAD) of those lags.
+- offset = the lag of the peak; confidence = how far the peak stands out, in SyncNet's spirit (SyncNet: median
+  minus minimum distance over the lags): Fisher's z of the peak correlation minus that of the median of the
+  lags more than `exclude` frames away, times sqrt(frames scored - 3), the z's standard error (`stand_out`).
 
 Convention (the pipeline's): positive lag = the audio lags the video."""
 
@@ -149,15 +150,20 @@ def lag_curve(sv: np.ndarray, sa: np.ndarray, t0: int, t1: int, max_lag: int) ->
     return y @ x
 
 
-def stand_out(curve: np.ndarray, exclude: int = 2) -> tuple[int, float]:
-    """(index of the peak, (peak - median of the lags more than `exclude` away) / their MAD)."""
+def stand_out(curve: np.ndarray, n_frames: int, exclude: int = 2) -> tuple[int, float]:
+    """(index of the peak, how far the peak correlation stands out above the median of the lags more than
+    `exclude` away, in units of a correlation's standard error over `n_frames` frames): (atanh(peak) -
+    atanh(median)) * sqrt(n_frames - 3). Fisher's z makes correlations of any size comparable and its standard
+    error is 1 / sqrt(n - 3), so a clip's confidence grows with the evidence it has (its scored frames), where
+    the former robust z-score of the curve (/ the MAD of the far lags) did not: a smooth curve of a few seconds
+    of unrelated speech could stand out by 9 MADs (benchmark: balanced error 16.5 % against 23.5 %)."""
     i = int(np.argmax(curve))
     far = curve[np.abs(np.arange(len(curve)) - i) > exclude]
     if len(far) < 3:
         return i, 0.0
-    med = float(np.median(far))
-    mad = float(np.median(np.abs(far - med))) * 1.4826
-    return i, (float(curve[i]) - med) / max(mad, 1e-6)
+    lim = 1 - 1e-6
+    z = float(np.arctanh(np.clip(curve[i], -lim, lim)) - np.arctanh(np.clip(np.median(far), -lim, lim)))
+    return i, z * float(np.sqrt(max(n_frames - 3, 1)))
 
 
 def estimate(vfeat: np.ndarray | None, afeat: np.ndarray, video_w: np.ndarray, audio_w: np.ndarray,
@@ -173,7 +179,7 @@ def estimate(vfeat: np.ndarray | None, afeat: np.ndarray, video_w: np.ndarray, a
         return SyncEstimate(None, None, empty, 0, f"{n} frames with audio and video: too few to search "
                                                   f"+-{max_lag} frames")
     curve = lag_curve(vfeat[:n] @ video_w, afeat[:n] @ audio_w, t0, t1, max_lag)
-    i, conf = stand_out(curve, exclude)
+    i, conf = stand_out(curve, t1 - t0, exclude)
     return SyncEstimate(i - max_lag, conf, curve, 1)
 
 
