@@ -335,11 +335,11 @@ def choose_thresholds(rows: list[dict], clips: list[str], max_abs: int, p) -> di
     not_speaker = min([min_conf] + [r["conf"] for r in orig if not envelope_vouches(r, p)])
     # shift: the lowest t such that every kept in-tolerance clip (originals, +-2) with conf >= t lands within a
     # frame of the truth after the writer's shift (the offset less shift_margin_frames toward zero)
-    def applied(r):
-        o = r["offset"] - lag
-        return (abs(o) - margin) * (1 if o > 0 else -1) if abs(o) > margin else 0
+    from stages.sync import margin_shift
 
-    margin = p.shift_margin_frames
+    def applied(r):
+        return margin_shift(r["offset"] - lag, p.shift_margin_frames)
+
     cand = [r for r in tr if r["truth"] is not None and abs(r["truth"]) <= max_abs and r["conf"] >= min_conf
             and abs(r["offset"] - lag) <= max_abs and applied(r) != 0]
     bad = [r["conf"] for r in cand if abs(applied(r) - r["truth"]) > 1]

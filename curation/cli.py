@@ -81,7 +81,7 @@ def cmd_sync_view(a: argparse.Namespace) -> int:
            if drawn["envelope_offset"] is not None else "too short for the lag curve")
     print(f"{out}: {drawn['frames']} frames, {drawn['span'][0]:.2f}-{drawn['span'][1]:.2f} s; {env}")
     for k, v in sig.facts.items():
-        print(f"  {k}: {sync_view._fmt(v)}")
+        print(f"  {k}: {sync_view.fmt_value(v)}")
     return 0
 
 

@@ -57,7 +57,7 @@ class SyncParams(Params):
     backend: Literal["landmarks", "syncnet"] = "landmarks"
     vshift: int = Field(15, ge=1, le=30, description="offsets searched: -vshift..+vshift frames")
     max_abs_offset: int = Field(3, ge=0, description="av_offset when |offset| exceeds this (frames at 25 fps)")
-    shift_audio: bool = Field(True, description="kept clips with a non-zero offset get their audio shifted by it (landmarks: when the confidence supports it)")
+    shift_audio: bool = Field(True, description="kept clips with an offset beyond shift_margin_frames get their audio shifted by it, less the margin (landmarks: when the confidence supports it)")
     unsure_offset: Literal["keep_unshifted", "reject"] = Field("keep_unshifted", description="a kept clip whose non-zero offset is not confident enough to shift by: kept with its audio as it is, or rejected as unsure_offset")
     shift_margin_frames: int = Field(1, ge=0, le=3, description="the writer shifts the audio by the offset less this many frames toward zero (+3 -> +2; +-1 -> no shift): a shift that stops a frame short never over-corrects a clip by the estimator's one-frame error, and leaves at most this many frames of a true offset")
     # -- speech presence (both backends) --
@@ -355,6 +355,12 @@ def landmarks_conf_verdict(m: dict, p: SyncParams) -> str | None:
     return "low_sync_conf" if m["conf"] < p.landmarks_min_conf else None
 
 
+def margin_shift(offset: int, margin: int) -> int:
+    """The frames the writer moves the audio for `offset`: the offset less `margin` frames toward zero (0 within
+    the margin)."""
+    return (abs(offset) - margin) * (1 if offset > 0 else -1) if abs(offset) > margin else 0
+
+
 def shift_decision(offset: int, conf: float, kept: bool, shift_audio: bool, shift_min_conf: float,
                    margin: int = 0) -> tuple[int, str]:
     """(frames to shift the audio by, what was decided): `none` (|offset| <= margin, or the clip is
@@ -367,7 +373,7 @@ def shift_decision(offset: int, conf: float, kept: bool, shift_audio: bool, shif
     if not shift_audio:
         return 0, "off"
     if conf >= shift_min_conf:
-        return (abs(offset) - margin) * (1 if offset > 0 else -1), "shifted"
+        return margin_shift(offset, margin), "shifted"
     return 0, "unsure"
 
 

@@ -251,7 +251,7 @@ def render(sig: SyncSignals, out_png: str | Path, span: tuple[float, float] | No
     facts = dict(sig.facts)
     if shift_frames:
         facts["previewed shift"] = f"audio {shift_frames:+g} frames"
-    lines = ", ".join(f"{k} {_fmt(v)}" for k, v in facts.items())
+    lines = ", ".join(f"{k} {fmt_value(v)}" for k, v in facts.items())
     fig.suptitle(f"{sig.title}\n{lines}", fontsize=9)
     fig.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +260,7 @@ def render(sig: SyncSignals, out_png: str | Path, span: tuple[float, float] | No
     return {"frames": k1 - k0, "span": (k0 / sig.fps, k1 / sig.fps), "envelope_offset": lag, "envelope_conf": conf}
 
 
-def _fmt(v) -> str:
+def fmt_value(v) -> str:
     if v is None:
         return "null"
     if isinstance(v, float):
