@@ -10,7 +10,7 @@ same originals, shifted and swapped audio with the stage's SyncNet path (syncnet
 search and confidence, batched: curation/perception/syncnet.py; the face crops and their embeddings once per
 clip) and prints the same tables for it, at the manifest's syncnet_min_conf and cross-validated. That is also
 the reference the landmarks backend cannot have offline: SyncNet's offsets on the originals say whether an
-in-sync clip that every weights-free estimator puts 2-3 frames off (S08, S15) really is off.
+in-sync clip that every weights-free estimator puts 2-3 frames off (A3, A4, A5, S08, S15) really is off.
 
 From every in-sync clip of ../shared/footage (IN_SYNC below; FOOTAGE.md) it makes:
 - the original;
@@ -35,6 +35,9 @@ It prints, for the manifest's sync params (with --set overrides; --method envelo
   (the offset less shift_margin_frames toward zero) and above every original of theirs that the shift would
   move by 2+ frames (the envelope vote keeps the manifest's values);
 - confidence of in-sync against mismatched: best separating threshold and its error rate (all clips, and LOO);
+- whether an offset error is the estimator's measure of a displacement or the clip's own zero point: the
+  +-5/+-10 shifts scored against the clip's original (offset(shifted) - offset(original) against the applied
+  shift), and the originals measured 2+ frames off with the envelope estimator's offset beside the cca's;
 - for in-sync originals, how far from the truth each kept clip's audio ends after the writer's shift;
 - CPU seconds (this process and its ffmpeg children) per footage-second of the stage: the landmark pass, the
   audio decode, Silero VAD and one estimate. The person stage is not counted (it runs anyway).
@@ -356,6 +359,27 @@ def manifest_thresholds(p) -> dict:
             "not_speaker": p.landmarks_not_speaker_conf}
 
 
+def zero_point_lines(rows: list[dict], decisions: list[dict], orig: list[int], shifted: list[int]) -> list[str]:
+    """Two lines that tell an error in measuring a displacement from a clip's own zero point: the share of
+    `shifted` rows whose offset less the offset of the same clip's original is within +-1 frame of the applied
+    shift, and the originals measured 2+ frames off, with the envelope estimator's offset beside the cca's
+    where the rows have it (two estimators that share nothing but the landmarks)."""
+    zero = {rows[i]["clip"]: decisions[i]["offset"] for i in orig}
+    rel = [abs(decisions[i]["offset"] - zero[rows[i]["clip"]] - rows[i]["truth"]) <= 1 for i in shifted
+           if decisions[i]["offset"] is not None and zero.get(rows[i]["clip"]) is not None]
+    out = [f"the same, relative to the clip's own original (offset(shifted) - offset(original) against the "
+           f"applied shift): {100 * np.mean(rel):.1f}%" if rel else "the same, relative to the original: n/a"]
+    off = [i for i in orig if decisions[i]["offset"] is not None and abs(decisions[i]["offset"]) >= 2]
+
+    def env(i):
+        o = rows[i].get("offset_envelope")
+        return "" if "offset_envelope" not in rows[i] else f" (envelope {'-' if o is None else f'{o:+d}'})"
+
+    out.append("originals measured 2+ frames off: " + (", ".join(
+        f"{rows[i]['clip']} {decisions[i]['offset']:+d}{env(i)}" for i in off) or "none"))
+    return out
+
+
 def summarise(rows: list[dict], decisions: list[dict], title: str) -> list[str]:
     out = [f"--- {title}"]
     def pct(x):
@@ -389,6 +413,7 @@ def summarise(rows: list[dict], decisions: list[dict], title: str) -> list[str]:
                   for i in shift5])
     out.append(f"offset within +-1 on +-5/+-10 shifts: {100 * w5:.1f}%")
     orig = [i for i, r in enumerate(rows) if r["kind"] == "original"]
+    out += zero_point_lines(rows, decisions, orig, shift5)
     ends = [(rows[i]["clip"], decisions[i]["shift"]) for i in orig if decisions[i]["kept"]]
     out.append("in-sync originals kept, audio error after the writer (frames): "
                + " ".join(f"{c}:{abs(s)}" for c, s in ends)
