@@ -2,7 +2,7 @@
 (the default manifest's) and, where syncnet_v2.model is at hand, SyncNet (the talkverse manifest's).
 
     PYTHONPATH=. .venv/bin/python bench/bench_sync_accuracy.py [--method cca|envelope] [--set KEY=VALUE ...]
-                                                               [--cache DIR] [--json OUT]
+                                                               [--cache DIR] [--json OUT] [--bands]
                                                                [--syncnet PATH [--no-sha256-check]]
 
 --syncnet PATH (syncnet_v2.model, checked against the registry's sha256 unless --no-sha256-check) scores the
@@ -38,6 +38,7 @@ It prints, for the manifest's sync params (with --set overrides; --method envelo
 - whether an offset error is the estimator's measure of a displacement or the clip's own zero point: the
   +-5/+-10 shifts scored against the clip's original (offset(shifted) - offset(original) against the applied
   shift), and the originals measured 2+ frames off with the envelope estimator's offset beside the cca's;
+- with --bands, each original's zero point per audio band (band_zero_points);
 - for in-sync originals, how far from the truth each kept clip's audio ends after the writer's shift;
 - CPU seconds (this process and its ffmpeg children) per footage-second of the stage: the landmark pass, the
   audio decode, Silero VAD and one estimate. The person stage is not counted (it runs anyway).
@@ -380,6 +381,33 @@ def zero_point_lines(rows: list[dict], decisions: list[dict], orig: list[int], s
     return out
 
 
+BANDS_HZ = ((80, 300), (300, 1000), (1000, 2500), (2500, 5000), (5000, 7900))
+
+
+def band_zero_points(clips: dict, max_lag: int = 15) -> list[str]:
+    """The envelope estimator's peak lag on each original, per audio band (BANDS_HZ), interpolated below a frame
+    (a parabola through the peak and its neighbours), with the peak correlation. An offset in the file moves every
+    band alike; a speaker whose lips lead some sounds more than others moves the bands apart."""
+    from curation.perception.lipsignal import fill_gaps, lagged_ncc, mouth_opening, speech_envelope
+
+    out = ["zero point per audio band, originals (envelope estimator; frames, peak correlation): "
+           + "  ".join(f"{lo}-{hi} Hz" for lo, hi in BANDS_HZ)]
+    for v, c in clips.items():
+        audio = c["audio"][0]
+        n = min(len(c["lm"]["points"]), int(len(audio) * FPS / 16000))
+        gap = fill_gaps(mouth_opening(c["lm"]["points"][:n]))
+        cells = []
+        for band in BANDS_HZ:
+            cv = lagged_ncc(gap, speech_envelope(audio, n, 16000, FPS, band), max_lag)
+            i = int(np.argmax(cv))
+            d = 0.0
+            if 0 < i < len(cv) - 1 and cv[i - 1] - 2 * cv[i] + cv[i + 1] < 0:
+                d = 0.5 * (cv[i - 1] - cv[i + 1]) / (cv[i - 1] - 2 * cv[i] + cv[i + 1])
+            cells.append(f"{i - max_lag + d:+5.1f} ({cv[i]:.2f})")
+        out.append(f"  {v:>4}  " + "  ".join(cells))
+    return out
+
+
 def summarise(rows: list[dict], decisions: list[dict], title: str) -> list[str]:
     out = [f"--- {title}"]
     def pct(x):
@@ -434,6 +462,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write every row and the summary here")
     ap.add_argument("--fit", default=None, help="cca: fit the projection on every in-sync clip and write it here "
                                                  "(curation/perception/avsync_projection.json is the packaged one)")
+    ap.add_argument("--bands", action="store_true",
+                    help="also print each original's zero point per audio band (an offset in the file moves every "
+                         "band alike; a speaker's lip lead moves them apart)")
     ap.add_argument("--syncnet", default=None, metavar="PATH",
                     help="syncnet_v2.model: also benchmark the syncnet backend (module docstring)")
     ap.add_argument("--no-sha256-check", action="store_true",
@@ -502,6 +533,8 @@ def main() -> None:
     lines.append(f"  LOO error of that threshold: originals rejected + swapped passed = {sum(loo_err)} of {len(loo_err)}")
     lines.append("per clip (original): " + " ".join(
         f"{r['clip']}:{r['offset']}/{'-' if r['conf'] is None else round(r['conf'], 2)}" for r in rows if r["kind"] == "original"))
+    if args.bands:
+        lines += band_zero_points(clips)
     for v, c in vo.items():
         m = sync.measure(c["lm"], c["audio"][0])
         dm, dl = decide(m, th_m, p), decide(m, th_all, p)
