@@ -144,6 +144,23 @@ def test_pools_sized_to_the_cluster():
     assert {p.name: p for p in plan_stages(fixed, str(WEIGHTS), False, {"CPU": 64.0})}["person"].resources.concurrency == (2, 3)
 
 
+def test_a_pool_starts_with_one_actor_on_each_node():
+    """The placement build_dataset hands Ray Data for a model pool: its first actors one to each node (soft node
+    affinity), later ones SPREAD; nothing on one node or for a pool smaller than the cluster."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from curation.engine.pipeline import one_actor_per_node
+
+    nodes = ["a" * 56, "b" * 56, "c" * 56]
+    place = one_actor_per_node(nodes, initial=3)
+    first = [place()["scheduling_strategy"] for _ in nodes]
+    assert all(isinstance(f, NodeAffinitySchedulingStrategy) and f.soft for f in first)
+    assert [f.node_id for f in first] == nodes
+    assert place()["scheduling_strategy"] == "SPREAD" and place()["scheduling_strategy"] == "SPREAD"
+    assert one_actor_per_node(nodes[:1], initial=1) is None
+    assert one_actor_per_node(nodes, initial=2) is None
+
+
 def test_kuberay_rayjob_manifest():
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "rayjob.yaml").read_text()))
     job = next(d for d in docs if d and d.get("kind") == "RayJob")

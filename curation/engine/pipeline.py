@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import shutil
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -295,7 +297,7 @@ def auto_pool_max(res: Resources, cluster: dict) -> int:
 def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict, nodes: int = 1) -> list[StagePlan]:
     """Per-stage resources from the manifest, fitted to the cluster: GPU requests are dropped where the
     cluster has no GPU, a pool maximum of `auto` becomes what the cluster holds (auto_pool_max) and the pool
-    keeps at least one actor per node (`nodes`, at most that maximum; Ray Data spreads them), and CPU
+    keeps at least one actor per node (`nodes`, at most that maximum; build_dataset puts one on each node), and CPU
     requests are scaled down when the stages' minimum pools would not all fit at once (on a 2-core machine a
     whole CPU per actor would starve the rest of the pipeline)."""
     cpus = float(cluster.get("CPU", 1.0))
@@ -314,9 +316,9 @@ def plan_stages(manifest: Manifest, wdir: str, score_only: bool, cluster: dict, 
                            use_gpu=res.num_gpus > 0)
         initial = res.concurrency[0]
         if cls.uses_models and spec.resources.concurrency[1] == "auto":
-            # One actor per node at least, for the whole run: Ray Data places a pool's actors spread over the
-            # nodes (its default scheduling strategy), and an idle pool shrinks to its minimum, so a pool of
-            # minimum 1 on a cluster ends up on one node however many the cluster has.
+            # One actor per node at least, for the whole run (build_dataset places them one on each node: see
+            # one_actor_per_node); an idle pool shrinks to its minimum, so a pool of minimum 1 on a cluster ends
+            # up on one node however many the cluster has.
             initial = max(initial, min(int(res.concurrency[1]), nodes))
             res.concurrency = (initial, res.concurrency[1])
         plans.append(StagePlan(spec.name, manifest.params(spec.name).model_dump(), res, cls.uses_models, ctx,
@@ -374,6 +376,37 @@ class PackPlan:
     memory_gb: float | None
 
 
+def cpu_node_ids() -> list[str]:
+    """The alive nodes of the connected Ray cluster that have CPUs (hex node ids), in Ray's order."""
+    import ray
+
+    return [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+
+
+def one_actor_per_node(node_ids: list[str], initial: int):
+    """Ray Data's `ray_remote_args_fn` for a model pool that starts with an actor per node (plan_stages): its
+    first len(node_ids) actors go one to each node (soft node affinity: a node that is gone or cannot hold the
+    actor is passed over), later ones (scaling up, replacements) SPREAD as usual. None on one node, or where the
+    pool starts smaller than the cluster (an explicit `concurrency`).
+
+    Ray's SPREAD alone is best effort: it places an actor on whichever node has room when the pool starts, and a
+    fast stage's three actors ended up where one actor ran every clip, on one node of three (the cluster test,
+    in two of its recent runs), so the whole stage ran on one node however many the cluster had."""
+    if len(node_ids) < 2 or initial < len(node_ids):
+        return None
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    made = itertools.count()
+
+    def remote_args() -> dict:
+        k = next(made)
+        if k < len(node_ids):
+            return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_ids[k], soft=True)}
+        return {"scheduling_strategy": "SPREAD"}
+
+    return remote_args
+
+
 def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str | None = None,
                   pack: PackPlan | None = None):
     """The plan as a Ray Data dataset. Worker deaths are retried by Ray (tasks: Ray's default of 3 retries;
@@ -397,6 +430,7 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str
     ds = ray.data.from_items([{"key": r.key, "rec": r.to_bytes()} for r in records],
                              override_num_blocks=max(1, len(records)))
     prev_task: dict | None = None  # the request of the step before, where it was a task stage
+    node_ids = cpu_node_ids()
     for p in plans:
         r = p.resources
         common = dict(batch_size=r.batch_size, batch_format="numpy", num_cpus=r.num_cpus)
@@ -411,15 +445,23 @@ def build_dataset(records: list[ClipRecord], plans: list[StagePlan], run_id: str
             common["memory"] = int(common.get("memory") or 0) + 1
         prev_task = None if p.uses_models else request
         if p.uses_models:
-            ds = ds.map_batches(StageActor, fn_constructor_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
-                                                                       run_id=run_id, memory_gb=r.memory_gb),
-                                # one batch at a time per actor: a model actor works through its batch anyway, so a
-                                # batch queued behind it would wait while another actor of the pool is idle
-                                compute=ray.data.ActorPoolStrategy(min_size=r.concurrency[0],
-                                                                   max_size=int(r.concurrency[1]),
-                                                                   initial_size=p.initial,
-                                                                   max_tasks_in_flight_per_actor=1),
-                                **common)
+            placing = one_actor_per_node(node_ids, p.initial)
+            if placing is not None:
+                common["ray_remote_args_fn"] = placing
+            with warnings.catch_warnings():
+                # Ray marks ray_remote_args_fn deprecated (to be removed in 2.64); pyproject pins 2.60, where it is
+                # the one hook that gives each actor of a pool its own placement
+                warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
+                ds = ds.map_batches(StageActor,
+                                    fn_constructor_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
+                                                               run_id=run_id, memory_gb=r.memory_gb),
+                                    # one batch at a time per actor: a model actor works through its batch anyway,
+                                    # so a batch queued behind it would wait while another actor of the pool is idle
+                                    compute=ray.data.ActorPoolStrategy(min_size=r.concurrency[0],
+                                                                       max_size=int(r.concurrency[1]),
+                                                                       initial_size=p.initial,
+                                                                       max_tasks_in_flight_per_actor=1),
+                                    **common)
         else:
             ds = ds.map_batches(run_stage_task, fn_kwargs=dict(stage_name=p.name, params=p.params, ctx=p.ctx,
                                                                run_id=run_id, memory_gb=r.memory_gb), **common)
