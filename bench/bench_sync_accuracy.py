@@ -364,7 +364,7 @@ def zero_point_lines(rows: list[dict], decisions: list[dict], orig: list[int], s
     """Two lines that tell an error in measuring a displacement from a clip's own zero point: the share of
     `shifted` rows whose offset less the offset of the same clip's original is within +-1 frame of the applied
     shift, and the originals measured 2+ frames off, with the envelope estimator's offset beside the cca's
-    where the rows have it (two estimators that share nothing but the landmarks)."""
+    where the rows have it (a second estimator that shares only its inputs with the cca one)."""
     zero = {rows[i]["clip"]: decisions[i]["offset"] for i in orig}
     rel = [abs(decisions[i]["offset"] - zero[rows[i]["clip"]] - rows[i]["truth"]) <= 1 for i in shifted
            if decisions[i]["offset"] is not None and zero.get(rows[i]["clip"]) is not None]

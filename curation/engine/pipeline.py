@@ -389,9 +389,8 @@ def one_actor_per_node(node_ids: list[str], initial: int):
     actor is passed over), later ones (scaling up, replacements) SPREAD as usual. None on one node, or where the
     pool starts smaller than the cluster (an explicit `concurrency`).
 
-    Ray's SPREAD alone is best effort: it places an actor on whichever node has room when the pool starts, and a
-    fast stage's three actors ended up where one actor ran every clip, on one node of three (the cluster test,
-    in two of its recent runs), so the whole stage ran on one node however many the cluster had."""
+    Ray's SPREAD alone is best effort: it places an actor on whichever node has room when the pool starts. In two
+    recent runs of the three-node test, one actor of the quality pool ran every clip, on one node of three."""
     if len(node_ids) < 2 or initial < len(node_ids):
         return None
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -642,8 +641,7 @@ def process_windows(out: OutputDir, m: Manifest, wdir: str, windows, *, score_on
                 import ray
 
                 init_ray(address, num_cpus)
-                nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-                plans = plan_stages(m, wdir, score_only, ray.cluster_resources(), max(1, nodes))
+                plans = plan_stages(m, wdir, score_only, ray.cluster_resources(), max(1, len(cpu_node_ids())))
                 if only_stages is not None:
                     plans = [pl for pl in plans if pl.name in only_stages]
                 run_id = uuid.uuid4().hex[:16]
